@@ -1,0 +1,378 @@
+"""Flag evaluations per second: our RolloutProvider versus OpenFeature's InMemoryProvider.
+
+Run: ``python bench/flags_bench.py`` (add ``--json`` for machine-readable output).
+
+Three providers answer the same string flag (``bench-job``, variants on=inngest / off=legacy):
+
+* ``ours``         - ``Toolkit(sqlite).provider``, a RolloutProvider over the rollouts table at
+                     10 %, with its default 1 s snapshot cache. The refresh (a SELECT of every
+                     rollout) happens about once per second during the timed loops: that is part
+                     of the real cost and is kept (the count is reported).
+* ``inmem-plain``  - InMemoryProvider with a static flag (default variant "off"): the floor.
+* ``inmem-split``  - InMemoryProvider whose context_evaluator does the same 10 % MurmurHash3
+                     split as ours (``toolkit.flags.bucketing.in_rollout``): like-for-like work.
+
+Each is measured through the OpenFeature client (``get_string_value``) and provider-only
+(``resolve_string_details``). Variants are interleaved: every round runs each variant once, in
+a rotated order, and the median per variant over the rounds is reported. The goal stated by
+the issue is ours >= 0.9x InMemoryProvider through the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from openfeature import api as openfeature_api
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.exception import ErrorCode
+from openfeature.flag_evaluation import FlagResolutionDetails, Reason
+from openfeature.provider import AbstractProvider
+from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+from rich.console import Console
+from rich.table import Table
+
+from toolkit import Toolkit
+from toolkit.flags.bucketing import BASIS_POINTS, in_rollout
+
+FLAG = "bench-job"
+PERCENT = 10
+GOAL = 0.9
+VARIANTS = {"on": "inngest", "off": "legacy"}
+
+
+# --- providers -------------------------------------------------------------------------------
+
+
+def split_evaluator(flag_key: str, basis_points: int) -> Callable[..., FlagResolutionDetails[str]]:
+    """A context_evaluator doing what RolloutProvider does for a plain percentage rule."""
+
+    def evaluate(flag: InMemoryFlag[str], ctx: EvaluationContext) -> FlagResolutionDetails[str]:
+        key = ctx.targeting_key
+        if not key:
+            return FlagResolutionDetails(
+                flag.variants[flag.default_variant],
+                reason=Reason.ERROR,
+                error_code=ErrorCode.TARGETING_KEY_MISSING,
+                error_message="targeting key missing",
+            )
+        variant = "on" if in_rollout(flag_key, key, basis_points) else "off"
+        return FlagResolutionDetails(flag.variants[variant], reason=Reason.SPLIT, variant=variant)
+
+    return evaluate
+
+
+class CountingLoad:
+    """Wraps the provider's loader to count (and time) snapshot refreshes."""
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load = load
+        self.calls = 0
+        self.seconds = 0.0
+
+    def __call__(self) -> Any:
+        start = time.perf_counter()
+        try:
+            return self._load()
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+
+
+def build(tmpdir: str) -> tuple[Toolkit, dict[str, AbstractProvider], dict[str, str], CountingLoad]:
+    tk = Toolkit(database_url=f"sqlite:///{Path(tmpdir) / 'flags_bench.db'}")
+    tk.migrate()
+
+    @tk.job(FLAG, target="inngest")
+    def bench_job(ctx: Any, payload: Any) -> None:
+        return None
+
+    tk.set_rollout(FLAG, PERCENT, reason="bench")
+    counter = CountingLoad(tk.provider._load)  # type: ignore[attr-defined]
+    tk.provider._load = counter  # type: ignore[attr-defined]
+
+    plain = InMemoryProvider({FLAG: InMemoryFlag("off", dict(VARIANTS))})
+    split = InMemoryProvider(
+        {
+            FLAG: InMemoryFlag(
+                "off",
+                dict(VARIANTS),
+                context_evaluator=split_evaluator(FLAG, PERCENT * BASIS_POINTS // 100),
+            )
+        }
+    )
+    suffix = uuid.uuid4().hex[:8]
+    domains = {"ours": tk.flag_domain}
+    providers: dict[str, AbstractProvider] = {"ours": tk.provider}  # type: ignore[dict-item]
+    for name, provider in (("inmem-plain", plain), ("inmem-split", split)):
+        domain = f"bench-{name}-{suffix}"
+        openfeature_api.set_provider_and_wait(provider, domain)
+        domains[name] = domain
+        providers[name] = provider
+    return tk, providers, domains, counter
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+
+def time_client(client: Any, keys: list[str]) -> float:
+    get = client.get_string_value
+    gc.collect()
+    start = time.perf_counter()
+    for key in keys:
+        get(FLAG, "legacy", EvaluationContext(targeting_key=key))
+    return time.perf_counter() - start
+
+
+def time_provider(provider: AbstractProvider, contexts: list[EvaluationContext]) -> float:
+    resolve = provider.resolve_string_details
+    gc.collect()
+    start = time.perf_counter()
+    for ctx in contexts:
+        resolve(FLAG, "legacy", ctx)
+    return time.perf_counter() - start
+
+
+def rotated(names: list[str], r: int) -> list[str]:
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
+def check_agreement(clients: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """Sanity: ours and inmem-split pick the same backend for every key; share is ~10 %."""
+    ours = [clients["ours"].get_string_value(FLAG, "legacy", EvaluationContext(targeting_key=k))
+            for k in keys]  # fmt: skip
+    split = [
+        clients["inmem-split"].get_string_value(FLAG, "legacy", EvaluationContext(targeting_key=k))
+        for k in keys
+    ]
+    return {
+        "keys": len(keys),
+        "ours_on_share": ours.count("inngest") / len(keys),
+        "disagreements_with_inmem_split": sum(a != b for a, b in zip(ours, split, strict=True)),
+    }
+
+
+def profile_ours(client: Any, keys: list[str], top: int) -> str:
+    prof = cProfile.Profile()
+    prof.enable()
+    for key in keys:
+        client.get_string_value(FLAG, "legacy", EvaluationContext(targeting_key=key))
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def summarize(samples: dict[str, list[float]], n: int) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, secs in samples.items():
+        med = statistics.median(secs)
+        out[name] = {
+            "median_s": med,
+            "evals_per_s": n / med,
+            "us_per_eval": med / n * 1e6,
+            "min_evals_per_s": n / max(secs),
+            "max_evals_per_s": n / min(secs),
+        }
+    return out
+
+
+def paired_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
+    """Median over rounds of (rate a / rate b) within the same round."""
+    return statistics.median(tb / ta for ta, tb in zip(samples[a], samples[b], strict=True))
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    keys = [str(uuid.uuid4()) for _ in range(args.keys)]
+    contexts = [EvaluationContext(targeting_key=k) for k in keys]
+    with tempfile.TemporaryDirectory(prefix="toolkit-flags-bench-") as tmpdir:
+        tk, providers, domains, counter = build(tmpdir)
+        try:
+            clients = {name: openfeature_api.get_client(d) for name, d in domains.items()}
+            names = list(providers)
+            # Warm-up: loads ours' snapshot, fills caches, runs each code path.
+            for name in names:
+                time_client(clients[name], keys[: args.warmup])
+                time_provider(providers[name], contexts[: args.warmup])
+            agreement = check_agreement(clients, keys[:10_000])
+
+            client_s: dict[str, list[float]] = {n: [] for n in names}
+            provider_s: dict[str, list[float]] = {n: [] for n in names}
+            refresh_before = counter.calls, counter.seconds
+            ours_client_time = 0.0
+            for r in range(args.rounds):
+                start = (r * args.batch) % max(1, len(keys) - args.batch + 1)
+                batch = keys[start : start + args.batch]
+                for name in rotated(names, r):
+                    t = time_client(clients[name], batch)
+                    client_s[name].append(t)
+                    if name == "ours":
+                        ours_client_time += t
+                for name in rotated(names, r + 1):
+                    provider_s[name].append(time_provider(providers[name], contexts))
+            refreshes = counter.calls - refresh_before[0]
+            refresh_secs = counter.seconds - refresh_before[1]
+            profile = profile_ours(clients["ours"], keys[: args.batch], args.profile_top) if (
+                args.profile
+            ) else None  # fmt: skip
+        finally:
+            tk.close()
+
+    client = summarize(client_s, args.batch)
+    provider = summarize(provider_s, len(keys))
+    ratios = {
+        "client_ours_vs_inmem_plain": client["ours"]["evals_per_s"]
+        / client["inmem-plain"]["evals_per_s"],
+        "client_ours_vs_inmem_split": client["ours"]["evals_per_s"]
+        / client["inmem-split"]["evals_per_s"],
+        "client_ours_vs_inmem_plain_paired": paired_ratio(client_s, "ours", "inmem-plain"),
+        "client_ours_vs_inmem_split_paired": paired_ratio(client_s, "ours", "inmem-split"),
+        "provider_ours_vs_inmem_plain": provider["ours"]["evals_per_s"]
+        / provider["inmem-plain"]["evals_per_s"],
+        "provider_ours_vs_inmem_split": provider["ours"]["evals_per_s"]
+        / provider["inmem-split"]["evals_per_s"],
+    }
+    return {
+        "benchmark": "flags",
+        "date": date.today().isoformat(),
+        "python": platform.python_version(),
+        "machine": {"cpus": _cpus(), "platform": platform.platform()},
+        "config": {
+            "keys": args.keys,
+            "batch": args.batch,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "rollout_percent": PERCENT,
+            "ttl_s": 1.0,
+        },
+        "client": client,
+        "provider_only": provider,
+        "ratios": ratios,
+        "goal": {
+            "ratio": GOAL,
+            "against": "inmem-plain, through the client",
+            "measured": ratios["client_ours_vs_inmem_plain"],
+            "pass": ratios["client_ours_vs_inmem_plain"] >= GOAL,
+            "pass_vs_split": ratios["client_ours_vs_inmem_split"] >= GOAL,
+        },
+        "refreshes": {
+            "count_during_ours_client_loops": refreshes,
+            "seconds_in_ours_client_loops": ours_client_time,
+            "mean_refresh_ms": (refresh_secs / refreshes * 1e3) if refreshes else None,
+            "share_of_ours_client_time": refresh_secs / ours_client_time
+            if ours_client_time
+            else None,
+        },
+        "agreement": agreement,
+        "samples_s": {"client": client_s, "provider_only": provider_s},
+        "profile": profile,
+    }
+
+
+def _cpus() -> int | None:
+    return os.cpu_count()
+
+
+def render(result: dict[str, Any], console: Console) -> None:
+    cfg = result["config"]
+    for title, section in (
+        (f"Through the OpenFeature client ({cfg['batch']:,} evals x {cfg['rounds']} rounds)",
+         "client"),
+        (f"Provider only: resolve_string_details ({cfg['keys']:,} evals x {cfg['rounds']} rounds)",
+         "provider_only"),
+    ):  # fmt: skip
+        data = result[section]
+        base = data["inmem-plain"]["evals_per_s"]
+        table = Table(title=title)
+        table.add_column("provider")
+        table.add_column("median evals/s", justify="right")
+        table.add_column("µs/eval", justify="right")
+        table.add_column("min–max evals/s", justify="right")
+        table.add_column("vs inmem-plain", justify="right")
+        table.add_column("vs inmem-split", justify="right")
+        for name, row in data.items():
+            table.add_row(
+                name,
+                f"{row['evals_per_s']:,.0f}",
+                f"{row['us_per_eval']:.2f}",
+                f"{row['min_evals_per_s']:,.0f}–{row['max_evals_per_s']:,.0f}",
+                f"{row['evals_per_s'] / base:.3f}x",
+                f"{row['evals_per_s'] / data['inmem-split']['evals_per_s']:.3f}x",
+            )
+        console.print(table)
+
+    ratios = result["ratios"]
+    console.print(
+        f"paired (per-round) ratio through client: ours/inmem-plain "
+        f"{ratios['client_ours_vs_inmem_plain_paired']:.3f}x, ours/inmem-split "
+        f"{ratios['client_ours_vs_inmem_split_paired']:.3f}x"
+    )
+    ref = result["refreshes"]
+    mean = f"{ref['mean_refresh_ms']:.2f} ms" if ref["mean_refresh_ms"] is not None else "n/a"
+    share = ref["share_of_ours_client_time"]
+    console.print(
+        f"ours: {ref['count_during_ours_client_loops']} snapshot refreshes (ttl 1 s) during "
+        f"{ref['seconds_in_ours_client_loops']:.2f} s of timed client loops, mean {mean} each"
+        + (f", {share:.2%} of that time" if share is not None else "")
+    )
+    agree = result["agreement"]
+    console.print(
+        f"sanity: ours routes {agree['ours_on_share']:.2%} of {agree['keys']:,} keys to inngest; "
+        f"{agree['disagreements_with_inmem_split']} disagreements with inmem-split"
+    )
+    goal = result["goal"]
+    verdict = "[bold green]PASS[/]" if goal["pass"] else "[bold red]FAIL[/]"
+    split_verdict = "PASS" if goal["pass_vs_split"] else "FAIL"
+    console.print(
+        f"goal: ours >= {goal['ratio']}x InMemoryProvider through the client: "
+        f"{goal['measured']:.3f}x -> {verdict} (vs like-for-like inmem-split: "
+        f"{ratios['client_ours_vs_inmem_split']:.3f}x -> {split_verdict})"
+    )
+    if result.get("profile"):
+        console.print("cProfile of ours through the client (tottime):")
+        console.print(result["profile"], markup=False, highlight=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=50_000, help="pre-generated targeting keys")
+    parser.add_argument("--batch", type=int, default=20_000, help="client evals per timed block")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per variant")
+    parser.add_argument("--warmup", type=int, default=5_000, help="warm-up evals per variant")
+    parser.add_argument("--profile", action="store_true", help="cProfile ours through the client")
+    parser.add_argument("--profile-top", type=int, default=20)
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when the goal fails")
+    args = parser.parse_args(argv)
+    if args.batch > args.keys:
+        parser.error("--batch must not exceed --keys")
+
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        render(result, Console())
+    return 1 if args.strict and not result["goal"]["pass"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The Toolkit object: one per application, holding every piece; no module-level state."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from openfeature import api as openfeature_api
+from openfeature.provider import FeatureProvider
+
+from toolkit import config
+from toolkit.audit import AuditLog, default_actor
+from toolkit.backends import load_backend
+from toolkit.backends.base import BaseBackend
+from toolkit.backends.legacy import LegacyBackend, LegacyMode
+from toolkit.credits import Credits
+from toolkit.db import Database
+from toolkit.dispatcher import LEGACY, DispatchRequest, Dispatcher, Route, RunHandle
+from toolkit.errors import ConfigError, InvalidInput
+from toolkit.flags.provider import RolloutProvider
+from toolkit.flags.store import RolloutStore, RolloutView
+from toolkit.jobs import JobFunction, JobRegistry, JobSpec, RateLimit, make_spec
+from toolkit.models import RolloutState
+from toolkit.runs import RunQueries, parse_run_id
+from toolkit.runtime import Runtime
+
+
+class Toolkit:
+    """Declare jobs once, dispatch through the flag, and operate rollouts.
+
+    ``flag_provider`` replaces the built-in rollouts-table provider with any OpenFeature
+    provider (flagd, LaunchDarkly, ``InMemoryProvider`` in tests): the dispatcher only asks
+    for a string variant naming a backend.
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        legacy_mode: LegacyMode = "thread",
+        legacy_workers: int = 4,
+        flag_provider: FeatureProvider | None = None,
+        flag_cache_ttl: float = 1.0,
+        retry_base_delay: float = 1.0,
+        retry_max_delay: float = 60.0,
+        engine_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if flag_cache_ttl < 0 or flag_cache_ttl > 1.0:
+            raise ConfigError("flag_cache_ttl must be between 0 and 1 second")
+        self.db = Database(config.database_url(database_url), **dict(engine_options or {}))
+        self.jobs = JobRegistry()
+        self.credits = Credits(self.db)
+        self.audit = AuditLog(self.db)
+        self.rollouts = RolloutStore(self.db)
+        self.runs = RunQueries(self.db)
+        self.runtime = Runtime(
+            self.db, self.credits, self.jobs, base_delay=retry_base_delay, max_delay=retry_max_delay
+        )
+        self.legacy = LegacyBackend(self, mode=legacy_mode, max_workers=legacy_workers)
+        self.backends: dict[str, BaseBackend] = {LEGACY: self.legacy}
+
+        self.provider = flag_provider or RolloutProvider(self.rollouts.all, ttl=flag_cache_ttl)
+        # A domain of our own: the global OpenFeature default provider stays the host app's.
+        self.flag_domain = f"toolkit-{uuid.uuid4().hex[:12]}"
+        openfeature_api.set_provider_and_wait(self.provider, self.flag_domain)
+        self.dispatcher = Dispatcher(self, openfeature_api.get_client(self.flag_domain))
+
+    # --- declaring ---------------------------------------------------------------------------
+
+    def job(
+        self,
+        name: str,
+        *,
+        event: str | None = None,
+        retries: int = 3,
+        timeout: str | float = "15m",
+        target: str = "inngest",
+        cost: int = 0,
+        fallback: str = "legacy",
+        rate_limit: RateLimit | None = None,
+        concurrency: int | None = None,
+        **options: Any,
+    ) -> Callable[[JobFunction], JobFunction]:
+        """Register ``fn(ctx, payload)`` as a job; the function itself is returned unchanged."""
+
+        def register(fn: JobFunction) -> JobFunction:
+            self.jobs.add(
+                make_spec(
+                    fn, name, event=event, retries=retries, timeout=timeout, target=target,
+                    cost=cost, fallback=fallback, rate_limit=rate_limit,
+                    concurrency=concurrency, options=options,
+                )  # fmt: skip
+            )
+            return fn
+
+        return register
+
+    def use_backend(self, name: str, backend: BaseBackend | None = None, **options: Any) -> BaseBackend:
+        """Enable a backend by name (lazily imported) or register a ready instance."""
+        if name == LEGACY:
+            raise ConfigError("the legacy backend is always enabled")
+        self.backends[name] = backend if backend is not None else load_backend(name, self, **options)
+        return self.backends[name]
+
+    # --- dispatching -------------------------------------------------------------------------
+
+    def dispatch(
+        self,
+        job: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+        account: str | None = None,
+    ) -> RunHandle:
+        return self.dispatcher.dispatch(
+            job, payload, key=key, idempotency_key=idempotency_key, account=account
+        )
+
+    def dispatch_many(
+        self, job: str, requests: Iterable[DispatchRequest | Any]
+    ) -> list[RunHandle]:
+        return self.dispatcher.dispatch_many(job, requests)
+
+    def route(self, job: str, key: str) -> Route:
+        if not isinstance(key, str) or not key:
+            raise InvalidInput("targeting key must be a non-empty string")
+        return self.dispatcher.route(self.jobs.get(job), key)
+
+    def cancel(self, run_id: object, *, reason: str = "cancelled by operator") -> bool:
+        return self.runtime.cancel(parse_run_id(run_id), reason)
+
+    # --- rollouts ------------------------------------------------------------------------------
+
+    def rollout(self, job: str) -> RolloutView:
+        spec = self.jobs.get(job)
+        return self.rollouts.get(spec.flag_key, on_variant=spec.target)
+
+    def set_rollout(
+        self, job: str, percentage: object, *, reason: str, actor: str | None = None,
+        expected_version: int | None = None,
+    ) -> RolloutView:  # fmt: skip
+        spec = self.jobs.get(job)
+        view = self.rollouts.set_percentage(
+            spec.flag_key, percentage, on_variant=spec.target, actor=actor or default_actor(),
+            reason=reason, expected_version=expected_version,
+        )  # fmt: skip
+        self._flags_changed()
+        return view
+
+    def rollback(self, job: str, *, reason: str, actor: str | None = None) -> RolloutView:
+        """0% at once: new work goes to legacy; runs already in flight finish where they are."""
+        spec = self.jobs.get(job)
+        view = self.rollouts.set_percentage(
+            spec.flag_key, 0, on_variant=spec.target, actor=actor or default_actor(),
+            reason=reason, action="rollout.rollback",
+        )  # fmt: skip
+        self._flags_changed()
+        return view
+
+    def set_listed(
+        self, job: str, key: str, *, which: str, present: bool = True, reason: str,
+        actor: str | None = None,
+    ) -> RolloutView:  # fmt: skip
+        spec = self.jobs.get(job)
+        view = self.rollouts.set_listed(
+            spec.flag_key, key, which=which, present=present, on_variant=spec.target,
+            actor=actor or default_actor(), reason=reason,
+        )  # fmt: skip
+        self._flags_changed()
+        return view
+
+    def set_killed(self, job: str, killed: bool, *, reason: str, actor: str | None = None) -> RolloutView:
+        spec = self.jobs.get(job)
+        state = RolloutState.KILLED if killed else RolloutState.ACTIVE
+        view = self.rollouts.set_state(
+            spec.flag_key, state, on_variant=spec.target, actor=actor or default_actor(),
+            reason=reason,
+        )  # fmt: skip
+        self._flags_changed()
+        return view
+
+    def _flags_changed(self) -> None:
+        if isinstance(self.provider, RolloutProvider):
+            self.provider.invalidate()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        self.db.migrate()
+
+    def close(self, *, wait: bool = True) -> None:
+        """Drain in-flight local work (with ``wait``), then release connections."""
+        for backend in self.backends.values():
+            backend.close(wait=wait)
+        self.db.dispose()
+
+    def __enter__(self) -> Toolkit:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+__all__ = ["DispatchRequest", "JobSpec", "RunHandle", "Toolkit"]

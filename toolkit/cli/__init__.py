@@ -1,0 +1,78 @@
+"""``toolkit`` command line. Errors map to exit codes here, and only here.
+
+Exit codes: 0 success, 1 the operation failed, 2 bad usage or input (nothing changed).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from toolkit.cli.context import CliContext
+from toolkit.cli.render import print_error
+from toolkit.config import APP_ENV, DATABASE_URL_ENV
+from toolkit.errors import EXIT_FAILURE, EXIT_USAGE, ToolkitError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--app", "app_spec", envvar=APP_ENV, metavar="MODULE:ATTR",
+              help=f"Your Toolkit object (or a factory); default ${APP_ENV}.")  # fmt: skip
+@click.option("--database-url", envvar=DATABASE_URL_ENV, metavar="URL",
+              help=f"Used when no app is given; default ${DATABASE_URL_ENV} or ./toolkit.db.")  # fmt: skip
+@click.pass_context
+def cli(ctx: click.Context, app_spec: str | None, database_url: str | None) -> None:
+    """Move inline background work onto durable backends behind a percentage flag."""
+    obj = CliContext(app_spec=app_spec, database_url=database_url)
+    ctx.obj = obj
+    ctx.call_on_close(obj.close)
+
+
+def _register() -> None:
+    from toolkit.cli import audit, credits, db, rollout, runs
+
+    for module in (db, rollout, runs, audit, credits):
+        cli.add_command(module.group)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one place that turns exceptions into a line and an exit code."""
+    try:
+        cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        print_error(f"{exc.format_message()}{hint}")
+        return EXIT_USAGE
+    except click.Abort:
+        print_error("aborted")
+        return EXIT_FAILURE
+    except click.ClickException as exc:
+        print_error(exc.format_message())
+        return exc.exit_code
+    except ToolkitError as exc:
+        print_error(exc.message.splitlines()[0] if exc.message else exc.code)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print_error("interrupted")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: a line, not a traceback
+        if os.environ.get("TOOLKIT_DEBUG"):
+            traceback.print_exc()
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print_error(f"internal error: {type(exc).__name__}: {first} (TOOLKIT_DEBUG=1 for a traceback)")
+        return EXIT_FAILURE
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+__all__ = ["cli", "main", "run"]

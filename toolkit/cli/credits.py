@@ -1,0 +1,42 @@
+"""``toolkit credits``: grant and inspect balances."""
+
+from __future__ import annotations
+
+import click
+
+from toolkit.cli.context import CliContext, pass_ctx
+from toolkit.cli.render import console, emit_json
+
+
+@click.group("credits")
+def group() -> None:
+    """Credit balances."""
+
+
+@group.command("grant")
+@click.argument("account")
+@click.argument("amount", type=int)
+@click.option("--reason", default=None)
+@pass_ctx
+def grant(obj: CliContext, account: str, amount: int, reason: str | None) -> None:
+    """Add AMOUNT credits to ACCOUNT."""
+    balance = obj.toolkit.credits.grant(account, amount, reason=reason)
+    console().print(f"[green]granted {amount}[/] to {account}; balance {balance}")
+
+
+@group.command("balance")
+@click.argument("account")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def balance(obj: CliContext, account: str, as_json: bool) -> None:
+    """ACCOUNT's balance, and the ledger sums it must agree with."""
+    tk = obj.toolkit
+    bal, totals = tk.credits.balance(account), tk.credits.totals(account)
+    if as_json:
+        emit_json({"account": account, "balance": bal, "grants": totals.grants,
+                   "debits": totals.debits, "refunds": totals.refunds,
+                   "consistent": bal == totals.balance})  # fmt: skip
+        return
+    colour = "green" if bal == totals.balance else "bold red"
+    console().print(f"{account}: [{colour}]{bal}[/] (grants {totals.grants} − debits "
+                    f"{totals.debits} + refunds {totals.refunds})")  # fmt: skip

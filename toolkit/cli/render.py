@@ -1,0 +1,81 @@
+"""Terminal output: rich tables for people, ``--json`` for scripts. Colours carry meaning."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+STATUS_STYLE = {
+    "QUEUED": "blue",
+    "RUNNING": "cyan",
+    "COMPLETED": "green",
+    "FAILED": "bold red",
+    "CANCELLED": "yellow",
+}
+
+
+def console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    return str(value)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, default=_default, indent=2, sort_keys=False))
+
+
+def status(value: str) -> str:
+    return f"[{STATUS_STYLE.get(value, 'white')}]{value}[/]"
+
+
+def percentage(value: Decimal | float) -> str:
+    pct = float(value)
+    style = "dim" if pct == 0 else "green" if pct == 100 else "yellow"
+    return f"[{style}]{pct:g}%[/]"
+
+
+def when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "[dim]-[/]"
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "[dim]-[/]"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for column in columns:
+        t.add_column(column, overflow="fold")
+    for row in rows:
+        t.add_row(*(str(c) if c is not None else "[dim]-[/]" for c in row))
+    return t
+
+
+def print_error(message: str) -> None:
+    stream = err_console()
+    if stream.is_terminal:
+        stream.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    else:
+        sys.stderr.write(f"error: {message}\n")

@@ -1,0 +1,183 @@
+"""``toolkit rollout``: status, set, rollback, allow/deny, kill/resume, explain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from toolkit.app import Toolkit
+from toolkit.cli.context import CliContext, pass_ctx
+from toolkit.cli.render import console, emit_json, percentage, table
+from toolkit.flags.bucketing import bucket
+from toolkit.flags.provider import RolloutProvider
+from toolkit.flags.store import RolloutView
+
+_REASON = click.option("--reason", required=True, help="Why: recorded in the audit log.")
+_ACTOR = click.option("--actor", default=None, help="Who (default $TOOLKIT_ACTOR or the OS user).")
+
+
+@click.group("rollout")
+def group() -> None:
+    """Percentage rollouts of jobs to their new backend."""
+
+
+def _views(tk: Toolkit, job: str | None) -> list[tuple[str, str, RolloutView]]:
+    """(job, target, rollout) for one job, every registered job, or every stored rollout."""
+    if job is not None:
+        spec = tk.jobs.get(job)
+        return [(spec.name, spec.target, tk.rollout(spec.name))]
+    stored = {v.flag_key: v for v in tk.rollouts.all()}
+    rows = [(s.name, s.target, tk.rollout(s.name)) for s in tk.jobs]
+    rows += [(k, v.on_variant, v) for k, v in sorted(stored.items()) if k not in tk.jobs]
+    return rows
+
+
+@group.command("status")
+@click.argument("job", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def status(obj: CliContext, job: str | None, as_json: bool) -> None:
+    """Where each job's rollout stands and what is in flight on each backend."""
+    tk = obj.toolkit
+    views = _views(tk, job)
+    flight = tk.runs.in_flight(job)
+    if as_json:
+        emit_json([
+            {**v.as_dict(), "job": name, "target": target,
+             "in_flight": {b: c for (j, b), c in flight.items() if j == name}}
+            for name, target, v in views
+        ])  # fmt: skip
+        return
+    if not views:
+        console().print("[dim]no jobs: load your app with --app module:attr or set TOOLKIT_APP[/]")
+        return
+
+    def drain(name: str) -> str:
+        parts = [f"{b}: {c['QUEUED']}q/{c['RUNNING']}r" for (j, b), c in flight.items() if j == name]
+        return ", ".join(parts) or "[dim]none[/]"
+
+    console().print(table(
+        "Rollouts", ["job", "target", "rollout", "state", "allow", "deny", "version",
+                     "updated", "in flight"],
+        [(name, target, percentage(v.percentage),
+          "[bold red]killed[/]" if v.killed else "active", len(v.allow), len(v.deny), v.version,
+          f"{v.updated_by or '-'} {v.updated_at:%Y-%m-%d %H:%M}" if v.updated_at else "[dim]never[/]",
+          drain(name)) for name, target, v in views],
+    ))  # fmt: skip
+
+
+def _show(v: RolloutView, verb: str) -> None:
+    console().print(f"[green]{verb}[/] {v.flag_key}: {percentage(v.percentage)} "
+                    f"({'killed' if v.killed else 'active'}, version {v.version})")  # fmt: skip
+
+
+@group.command("set", context_settings={"ignore_unknown_options": True})
+@click.argument("job")
+@click.argument("percent", metavar="PERCENT")
+@_REASON
+@_ACTOR
+@click.option("--expect-version", type=int, default=None,
+              help="Fail unless the rollout is at this version (optimistic lock).")  # fmt: skip
+@pass_ctx
+def set_(obj: CliContext, job: str, percent: str, reason: str, actor: str | None,
+         expect_version: int | None) -> None:  # fmt: skip
+    """Route PERCENT (0-100, two decimals) of JOB's keys to its new backend."""
+    view = obj.toolkit.set_rollout(job, percent, reason=reason, actor=actor,
+                                   expected_version=expect_version)  # fmt: skip
+    _show(view, "set")
+
+
+@group.command("rollback")
+@click.argument("job")
+@_REASON
+@_ACTOR
+@pass_ctx
+def rollback(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
+    """Send all new work of JOB to legacy at once; in-flight runs drain where they are."""
+    tk = obj.toolkit
+    view = tk.rollback(job, reason=reason, actor=actor)
+    _show(view, "rolled back")
+    flight = {b: c for (j, b), c in tk.runs.in_flight(job).items() if j == job and b != "legacy"}
+    out = console()
+    if not flight:
+        out.print("nothing in flight on the new backend.")
+        return
+    for backend, counts in flight.items():
+        out.print(f"[yellow]draining on {backend}:[/] {counts['QUEUED']} queued, "
+                  f"{counts['RUNNING']} running")  # fmt: skip
+    out.print(f"next: watch them with [bold]toolkit runs list --job {job} --status RUNNING[/]")
+
+
+def _listed(which: str, present: bool):  # type: ignore[no-untyped-def]
+    verb = which if present else f"un{which}"
+
+    @click.argument("job")
+    @click.argument("key")
+    @_REASON
+    @_ACTOR
+    @pass_ctx
+    def command(obj: CliContext, job: str, key: str, reason: str, actor: str | None) -> None:
+        view = obj.toolkit.set_listed(job, key, which=which, present=present, reason=reason,
+                                      actor=actor)  # fmt: skip
+        _show(view, f"{verb} {key!r} on")
+
+    command.__doc__ = (
+        f"Put KEY on JOB's {which} list ({'always new backend' if which == 'allow' else 'always legacy'})."
+        if present else f"Take KEY off JOB's {which} list."
+    )  # fmt: skip
+    return group.command(verb)(command)
+
+
+for _which in ("allow", "deny"):
+    for _present in (True, False):
+        _listed(_which, _present)
+
+
+@group.command("kill")
+@click.argument("job")
+@_REASON
+@_ACTOR
+@pass_ctx
+def kill(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
+    """Everything to legacy, allow list included, until resumed."""
+    _show(obj.toolkit.set_killed(job, True, reason=reason, actor=actor), "killed")
+
+
+@group.command("resume")
+@click.argument("job")
+@_REASON
+@_ACTOR
+@pass_ctx
+def resume(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
+    """Lift a kill; the percentage and lists apply again."""
+    _show(obj.toolkit.set_killed(job, False, reason=reason, actor=actor), "resumed")
+
+
+@group.command("explain")
+@click.argument("job")
+@click.argument("key")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def explain(obj: CliContext, job: str, key: str, as_json: bool) -> None:
+    """Which backend KEY gets for JOB, and why."""
+    tk = obj.toolkit
+    route = tk.route(job, key)
+    data: dict[str, Any] = route.as_dict()
+    if isinstance(tk.provider, RolloutProvider):
+        view = tk.rollout(job)
+        data.update(percentage=float(view.percentage), state=view.state,
+                    bucket=bucket(view.flag_key, key), threshold=view.basis_points,
+                    allowed=key in view.allow, denied=key in view.deny)  # fmt: skip
+    if as_json:
+        emit_json(data)
+        return
+    out = console()
+    colour = "dim" if route.backend == "legacy" else "green"
+    out.print(f"{job} / {key!r} → [{colour}]{route.backend}[/] ({route.reason})")
+    if "bucket" in data:
+        side = "<" if data["bucket"] < data["threshold"] else "≥"
+        out.print(f"  bucket {data['bucket']} {side} {data['threshold']} of 10000 "
+                  f"(rollout {data['percentage']:g}%, {data['state']})")  # fmt: skip
+    if route.error:
+        out.print(f"  [red]flag error:[/] {route.error}")

@@ -1,0 +1,76 @@
+"""``toolkit runs``: the run ledger, whichever backend ran each run."""
+
+from __future__ import annotations
+
+import click
+from rich.panel import Panel
+
+from toolkit.cli.context import CliContext, parse_since, pass_ctx
+from toolkit.cli.render import console, emit_json, seconds, status, table, when
+
+
+@click.group("runs")
+def group() -> None:
+    """Inspect runs."""
+
+
+@group.command("list")
+@click.option("--job")
+@click.option("--status", "status_")
+@click.option("--backend")
+@click.option("--since", help="24h, 15m, 7d, or an ISO timestamp.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def list_(obj: CliContext, job: str | None, status_: str | None, backend: str | None,
+          since: str | None, limit: int, as_json: bool) -> None:  # fmt: skip
+    """Most recent runs first."""
+    runs = obj.toolkit.runs.list(job=job, status=status_, backend=backend,
+                                 since=parse_since(since), limit=limit)  # fmt: skip
+    if as_json:
+        emit_json([r.as_dict() for r in runs])
+        return
+    console().print(table(
+        f"Runs ({len(runs)})",
+        ["run id", "job", "status", "backend", "att", "created", "queue", "duration", "error"],
+        [(r.id, r.job, status(r.status),
+          r.backend + (f" [yellow](from {r.fallback_from})[/]" if r.fallback_from else ""),
+          r.attempts, when(r.created_at), seconds(r.queue_seconds), seconds(r.duration_seconds),
+          (r.error or "")[:60]) for r in runs],
+    ))  # fmt: skip
+
+
+@group.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def show(obj: CliContext, run_id: str, as_json: bool) -> None:
+    """One run: its route, steps, timings and credit ledger entries."""
+    detail = obj.toolkit.runs.detail(run_id)
+    if as_json:
+        emit_json(detail.as_dict())
+        return
+    r = detail.run
+    lines = [
+        f"job        {r.job}",
+        f"status     {status(r.status)}   attempts {r.attempts}   recoveries {r.recoveries}",
+        f"backend    {r.backend}" + (f"  [yellow]fallback from {r.fallback_from}[/]" if r.fallback_from else ""),
+        f"route      {r.route_reason or '-'}   key {r.targeting_key}",
+        f"idempotency {r.idempotency_key or '-'}   account {r.account or '-'}   cost {r.cost}",
+        f"created    {when(r.created_at)}   queue {seconds(r.queue_seconds)}   "
+        f"duration {seconds(r.duration_seconds)}",
+    ]  # fmt: skip
+    if r.error:
+        lines.append(f"[red]error      {r.error}[/]")
+    if detail.dead_letter:
+        lines.append("[red]dead letter written[/]")
+    out = console()
+    out.print(Panel("\n".join(lines), title=str(r.id), title_align="left"))
+    out.print(table("Steps", ["step", "status", "attempt", "started", "took", "error"], [
+        (s.name, status(s.status), s.attempt, when(s.started_at),
+         seconds((s.finished_at - s.started_at).total_seconds() if s.finished_at else None),
+         (s.error or "")[:60]) for s in detail.steps
+    ]))  # fmt: skip
+    out.print(table("Credits", ["kind", "account", "amount", "at", "reason"], [
+        (e.kind, e.account, e.amount, when(e.created_at), e.reason or "") for e in detail.ledger
+    ]))  # fmt: skip

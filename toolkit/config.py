@@ -1,0 +1,59 @@
+"""Settings from the environment, with embedded defaults that need no service."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from toolkit.errors import InvalidDuration
+
+DEFAULT_DATABASE_URL = "sqlite:///toolkit.db"
+DATABASE_URL_ENV = "TOOLKIT_DATABASE_URL"
+APP_ENV = "TOOLKIT_APP"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def database_url(explicit: str | None = None) -> str:
+    """Explicit argument, else TOOLKIT_DATABASE_URL, else a SQLite file in the working directory."""
+    return explicit or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
+
+
+def parse_duration(value: str | int | float | timedelta, *, what: str = "duration") -> float:
+    """Seconds from '15m', '90s', '2h', '1d', '250ms', a number of seconds or a timedelta."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise InvalidDuration(f"invalid {what}: {value!r}")
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise InvalidDuration(
+                f"invalid {what} {value!r}: use a number with a unit, e.g. 90s, 15m, 2h, 1d"
+            )
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if not seconds > 0 or seconds == float("inf"):
+        raise InvalidDuration(f"invalid {what} {value!r}: must be positive")
+    return seconds
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with "equal jitter": half the ceiling fixed, half random.
+
+    The fixed half keeps the backoff growing; the random half spreads retries of runs that
+    failed together (a provider outage) so they do not come back in lockstep.
+    """
+
+    retries: int = 3
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def delay(self, failed_attempts: int, rand: float) -> float:
+        ceiling = min(self.max_delay, self.base_delay * (2 ** max(failed_attempts - 1, 0)))
+        return ceiling * (0.5 + rand / 2)

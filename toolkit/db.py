@@ -1,0 +1,124 @@
+"""Engine and session handling; the only place that knows about dialect differences."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import Insert
+
+from toolkit.errors import ConfigError, DatabaseError
+
+VERSION_TABLE = "toolkit_alembic_version"
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin_immediate)
+        else:
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+            kwargs.setdefault("pool_pre_ping", True)
+            engine = create_engine(url, **kwargs)
+    except exc.NoSuchModuleError as err:
+        raise ConfigError(f"unsupported database URL {_safe(url)!r}: {err}") from err
+    except exc.ArgumentError as err:
+        raise ConfigError(f"malformed database URL {_safe(url)!r}") from err
+    except ModuleNotFoundError as err:
+        raise ConfigError(
+            f"no driver for {_safe(url)!r} ({err.name}): pip install 'toolkit[postgres]'"
+        ) from err
+    return engine
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for error messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except exc.ArgumentError:
+        return "<unparseable url>"
+
+
+def _database_error(url: str, err: exc.DBAPIError) -> DatabaseError:
+    text = str(err.orig)
+    if "no such table" in text or ("relation" in text and "does not exist" in text):
+        return DatabaseError(
+            f"toolkit tables missing in {_safe(url)}: run 'toolkit db upgrade' or tk.migrate()"
+        )
+    if isinstance(err, exc.OperationalError):
+        return DatabaseError(f"database unavailable at {_safe(url)}: {text.splitlines()[0]}")
+    return DatabaseError(f"database error at {_safe(url)}: {text.splitlines()[0]}")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Autocommit at the driver level; transactions begin explicitly in _sqlite_begin_immediate.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _sqlite_begin_immediate(conn: Any) -> None:
+    """Take the write lock at BEGIN so read-then-write transactions cannot deadlock-upgrade."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """An engine plus a session factory, with transaction helpers."""
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = url
+        self.engine = make_engine(url, **engine_kwargs)
+        self.dialect = self.engine.dialect.name
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One unit of work: committed on success, rolled back on any error."""
+        session = self._sessions()
+        try:
+            with session.begin():
+                yield session
+        except (exc.OperationalError, exc.ProgrammingError) as err:
+            raise _database_error(self.url, err) from err
+        finally:
+            session.close()
+
+    def insert(self, table: Any) -> Insert:
+        """A dialect INSERT that supports ``on_conflict_do_nothing``."""
+        if self.is_postgres:
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    def migrate(self, revision: str = "head") -> None:
+        from alembic import command
+
+        command.upgrade(self.alembic_config(), revision)
+
+    def alembic_config(self) -> Any:
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(files("toolkit") / "migrations"))
+        cfg.attributes["engine"] = self.engine
+        return cfg
+
+    def dispose(self) -> None:
+        self.engine.dispose()

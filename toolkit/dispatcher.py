@@ -1,0 +1,302 @@
+"""Dispatch: choose a backend by flag, record the run (with its debit) atomically, hand it over.
+
+Flag evaluation never raises: any error routes the run to legacy and the reason is stored on
+the run. The backend is chosen once, at dispatch, and recorded, so a flag flip never moves a
+run that is already in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from openfeature.client import OpenFeatureClient
+from openfeature.evaluation_context import EvaluationContext
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from toolkit.backends.base import BaseBackend, SubmittedRun
+from toolkit.errors import BackendUnavailable, InvalidInput, InvalidPayload
+from toolkit.jobs import JobSpec
+from toolkit.models import CreditEntry, LedgerKind, Run, RunStatus, utcnow
+
+if TYPE_CHECKING:
+    from toolkit.app import Toolkit
+
+log = logging.getLogger("toolkit.dispatcher")
+
+LEGACY = "legacy"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which backend a key gets and why, as the OpenFeature client answered."""
+
+    job: str
+    key: str
+    backend: str
+    reason: str
+    variant: str | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class DispatchRequest:
+    payload: Any
+    key: str | None = None
+    idempotency_key: str | None = None
+    account: str | None = None
+
+
+@dataclass
+class RunHandle:
+    run_id: uuid.UUID
+    job: str
+    backend: str
+    status: str
+    created: bool = True
+    route_reason: str | None = None
+    fallback_from: str | None = None
+    error: str | None = None
+    _toolkit: Toolkit | None = field(default=None, repr=False, compare=False)
+
+    def refresh(self) -> RunHandle:
+        """Re-read backend and status from the run record."""
+        assert self._toolkit is not None
+        view = self._toolkit.runs.get(self.run_id)
+        self.backend, self.status = view.backend, view.status
+        self.fallback_from, self.error = view.fallback_from, view.error
+        return self
+
+
+def _check_str(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise InvalidInput(f"{name} must be a non-empty string of at most 200 characters")
+    return value
+
+
+def _check_payload(job: str, payload: object) -> Any:
+    try:
+        return json.loads(json.dumps(payload, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidPayload(f"payload of job {job!r} is not JSON-serializable: {exc}") from exc
+
+
+class Dispatcher:
+    def __init__(self, toolkit: Toolkit, client: OpenFeatureClient) -> None:
+        self._tk = toolkit
+        self._client = client
+
+    # --- routing ---------------------------------------------------------------------------
+
+    def route(self, job: JobSpec, key: str) -> Route:
+        """Ask the flag which backend ``key`` gets; never raises, errors route to legacy."""
+        try:
+            details = self._client.get_string_details(
+                job.flag_key, LEGACY, EvaluationContext(targeting_key=key)
+            )
+        except Exception as exc:  # noqa: BLE001 - the client should not raise; if it does, legacy
+            return Route(job.name, key, LEGACY, "flag error", error=f"{type(exc).__name__}: {exc}")
+        reason = str(details.reason or "UNKNOWN")
+        if details.error_code is not None:
+            error = f"{details.error_code}: {details.error_message or ''}".strip()
+            return Route(job.name, key, LEGACY, f"flag error ({reason})", details.variant, error)
+        backend = details.value
+        if backend != LEGACY and backend not in self._tk.backends:
+            return Route(
+                job.name, key, LEGACY, f"{reason}: backend {backend!r} is not configured",
+                details.variant, f"backend {backend!r} not configured",
+            )  # fmt: skip
+        rule = details.flag_metadata.get("rule") if details.flag_metadata else None
+        return Route(job.name, key, backend, f"{reason} ({rule})" if rule else reason, details.variant)
+
+    # --- dispatch --------------------------------------------------------------------------
+
+    def dispatch(
+        self,
+        job_name: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+        account: str | None = None,
+    ) -> RunHandle:
+        job = self._tk.jobs.get(job_name)
+        request = self._validate(job, DispatchRequest(payload, key, idempotency_key, account))
+        run_id = uuid.uuid4()
+        route = self.route(job, request.key or str(run_id))
+        row = self._row(job, request, run_id, route)
+        try:
+            with self._tk.db.transaction() as s:
+                if request.idempotency_key is not None:
+                    existing = self._existing(s, job.name, [request.idempotency_key])
+                    if existing:
+                        return self._handle(existing[request.idempotency_key], created=False)
+                s.execute(insert(Run), [row])
+                if job.cost:
+                    assert request.account is not None
+                    self._tk.credits.debit_in(s, request.account, run_id, job.cost)
+        except IntegrityError:
+            # A concurrent dispatch with the same idempotency key won the insert.
+            with self._tk.db.transaction() as s:
+                existing = self._existing(s, job.name, [request.idempotency_key or ""])
+            if not existing:
+                raise
+            return self._handle(existing[request.idempotency_key or ""], created=False)
+        return self._submit(job, [(run_id, request, route)])[0]
+
+    def dispatch_many(
+        self, job_name: str, requests: Iterable[DispatchRequest | Mapping[str, Any] | Any]
+    ) -> list[RunHandle]:
+        """A batch fan-out: every run and every debit in one transaction, then hand-over."""
+        job = self._tk.jobs.get(job_name)
+        batch = [self._validate(job, _as_request(r)) for r in requests]
+        if not batch:
+            return []
+        planned: list[tuple[uuid.UUID, DispatchRequest, Route]] = []
+        for request in batch:
+            run_id = uuid.uuid4()
+            planned.append((run_id, request, self.route(job, request.key or str(run_id))))
+        keys = [r.idempotency_key for r in batch if r.idempotency_key is not None]
+        try:
+            handles, fresh = self._insert_batch(job, planned, keys)
+        except IntegrityError:  # lost a race on an idempotency key: the winners' runs exist now
+            handles, fresh = self._insert_batch(job, planned, keys)
+        submitted = iter(self._submit(job, fresh))
+        return [h if h is not None else next(submitted) for h in handles]
+
+    def _insert_batch(
+        self, job: JobSpec, planned: list[tuple[uuid.UUID, DispatchRequest, Route]], keys: list[str]
+    ) -> tuple[list[RunHandle | None], list[tuple[uuid.UUID, DispatchRequest, Route]]]:
+        handles: list[RunHandle | None] = []
+        fresh: list[tuple[uuid.UUID, DispatchRequest, Route]] = []
+        with self._tk.db.transaction() as s:
+            existing = self._existing(s, job.name, keys) if keys else {}
+            first_in_batch: dict[str, uuid.UUID] = {}
+            for run_id, request, route in planned:
+                ikey = request.idempotency_key
+                if ikey is not None and ikey in existing:
+                    handles.append(self._handle(existing[ikey], created=False))
+                    continue
+                if ikey is not None and ikey in first_in_batch:
+                    raise InvalidInput(f"idempotency key {ikey!r} appears twice in one batch")
+                if ikey is not None:
+                    first_in_batch[ikey] = run_id
+                handles.append(None)
+                fresh.append((run_id, request, route))
+            if fresh:
+                s.execute(insert(Run), [self._row(job, r, i, ro) for i, r, ro in fresh])
+                if job.cost:
+                    self._debit_batch(s, job, fresh)
+        return handles, fresh
+
+    def _debit_batch(self, s: Any, job: JobSpec, fresh: list[tuple[uuid.UUID, DispatchRequest, Route]]) -> None:
+        per_account: dict[str, list[uuid.UUID]] = defaultdict(list)
+        for run_id, request, _ in fresh:
+            assert request.account is not None
+            per_account[request.account].append(run_id)
+        for account, run_ids in per_account.items():
+            self._tk.credits.spend_in(s, account, job.cost * len(run_ids))
+            s.execute(
+                insert(CreditEntry),
+                [{"account": account, "run_id": rid, "kind": LedgerKind.DEBIT.value,
+                  "amount": job.cost, "created_at": utcnow()} for rid in run_ids],
+            )  # fmt: skip
+
+    # --- hand-over and fallback ------------------------------------------------------------
+
+    def _submit(
+        self, job: JobSpec, runs: Sequence[tuple[uuid.UUID, DispatchRequest, Route]]
+    ) -> list[RunHandle]:
+        handles: list[RunHandle] = []
+        for run_id, request, route in runs:
+            handle = RunHandle(run_id, job.name, route.backend, RunStatus.QUEUED.value,
+                               route_reason=route.reason, _toolkit=self._tk)  # fmt: skip
+            submitted = SubmittedRun(run_id, job, request.payload, request.key or str(run_id))
+            backend = self._backend(route.backend)
+            try:
+                backend.submit(submitted)
+            except BackendUnavailable as exc:
+                self._fallback(job, submitted, handle, exc)
+            if route.backend == LEGACY and self._tk.legacy.mode == "blocking":
+                handle.refresh()
+            handles.append(handle)
+        return handles
+
+    def _fallback(
+        self, job: JobSpec, run: SubmittedRun, handle: RunHandle, exc: BackendUnavailable
+    ) -> None:
+        reason = str(exc)
+        log.warning("backend %s refused run %s: %s", handle.backend, run.run_id, reason)
+        if job.fallback == "legacy" and handle.backend != LEGACY:
+            with self._tk.db.transaction() as s:
+                moved = s.execute(
+                    update(Run)
+                    .where(Run.id == run.run_id, Run.status == RunStatus.QUEUED)
+                    .values(backend=LEGACY, fallback_from=handle.backend,
+                            route_reason=f"fallback: {reason}"[:500])  # fmt: skip
+                ).rowcount
+            if moved == 1:
+                handle.fallback_from, handle.backend = handle.backend, LEGACY
+                handle.route_reason = f"fallback: {reason}"
+                try:
+                    self._tk.legacy.submit(run)
+                    return
+                except BackendUnavailable as again:
+                    reason = f"{reason}; legacy fallback also failed: {again}"
+        self._tk.runtime.fail(
+            run.run_id, f"not submitted: {reason}", expected=(RunStatus.QUEUED,)
+        )
+        handle.status, handle.error = RunStatus.FAILED.value, f"not submitted: {reason}"
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _backend(self, name: str) -> BaseBackend:
+        return self._tk.legacy if name == LEGACY else self._tk.backends[name]
+
+    def _validate(self, job: JobSpec, request: DispatchRequest) -> DispatchRequest:
+        key = _check_str("key", request.key)
+        ikey = _check_str("idempotency_key", request.idempotency_key)
+        account = _check_str("account", request.account)
+        if job.cost and account is None:
+            raise InvalidInput(f"job {job.name!r} costs {job.cost} credits: pass account=")
+        return DispatchRequest(_check_payload(job.name, request.payload), key, ikey, account)
+
+    @staticmethod
+    def _row(job: JobSpec, request: DispatchRequest, run_id: uuid.UUID, route: Route) -> dict[str, Any]:
+        reason = route.reason if route.error is None else f"{route.reason}: {route.error}"
+        return {
+            "id": run_id, "job": job.name, "idempotency_key": request.idempotency_key,
+            "targeting_key": request.key or str(run_id), "backend": route.backend,
+            "status": RunStatus.QUEUED.value, "payload": request.payload, "attempts": 0,
+            "account": request.account if job.cost else None, "cost": job.cost,
+            "route_reason": reason[:500], "recoveries": 0, "created_at": utcnow(),
+        }  # fmt: skip
+
+    @staticmethod
+    def _existing(s: Any, job: str, keys: list[str]) -> dict[str, Run]:
+        rows = s.scalars(select(Run).where(Run.job == job, Run.idempotency_key.in_(keys))).all()
+        return {r.idempotency_key: r for r in rows}
+
+    def _handle(self, run: Run, *, created: bool) -> RunHandle:
+        return RunHandle(
+            run.id, run.job, run.backend, run.status, created=created,
+            route_reason=run.route_reason, fallback_from=run.fallback_from, error=run.error,
+            _toolkit=self._tk,
+        )  # fmt: skip
+
+
+def _as_request(item: DispatchRequest | Mapping[str, Any] | Any) -> DispatchRequest:
+    if isinstance(item, DispatchRequest):
+        return item
+    return DispatchRequest(item)

@@ -1,0 +1,134 @@
+"""One exception hierarchy; every error carries a stable code and the CLI exit code it maps to.
+
+Exit codes are part of the contract with scripts: 1 means "the operation failed",
+2 means "you asked for something invalid and nothing was changed".
+"""
+
+from __future__ import annotations
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class ToolkitError(Exception):
+    """Root of every error the toolkit raises on purpose."""
+
+    code = "toolkit_error"
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+# --- bad input: nothing was changed -------------------------------------------------
+
+
+class InvalidInput(ToolkitError):
+    code = "invalid_input"
+    exit_code = EXIT_USAGE
+
+
+class InvalidPercentage(InvalidInput):
+    code = "invalid_percentage"
+
+
+class InvalidPayload(InvalidInput):
+    code = "invalid_payload"
+
+
+class InvalidDuration(InvalidInput):
+    code = "invalid_duration"
+
+
+class UnknownJob(InvalidInput):
+    code = "unknown_job"
+
+
+class UnknownRun(InvalidInput):
+    code = "unknown_run"
+
+
+class DuplicateJob(InvalidInput):
+    code = "duplicate_job"
+
+
+class AppLoadError(InvalidInput):
+    code = "app_load_error"
+
+
+class ConfigError(InvalidInput):
+    code = "config_error"
+
+
+class MissingExtra(ConfigError):
+    """An optional backend was asked for without its dependencies installed."""
+
+    code = "missing_extra"
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(
+            f"the {extra!r} backend needs the {module!r} package: pip install 'toolkit[{extra}]'"
+        )
+        self.extra = extra
+
+
+# --- operations that failed ---------------------------------------------------------
+
+
+class InsufficientCredits(ToolkitError):
+    code = "insufficient_credits"
+
+    def __init__(self, account: str, needed: int, balance: int) -> None:
+        super().__init__(
+            f"account {account!r} has {balance} credits, the job costs {needed}; nothing was queued"
+        )
+        self.account = account
+        self.needed = needed
+        self.balance = balance
+
+
+class VersionConflict(ToolkitError):
+    """Optimistic lock lost: someone changed the rollout since it was read."""
+
+    code = "version_conflict"
+
+
+class DatabaseError(ToolkitError):
+    code = "database_error"
+
+
+class BackendUnavailable(ToolkitError):
+    """A backend refused or could not take a submission (event API down, broker down)."""
+
+    code = "backend_unavailable"
+
+
+class RunLost(ToolkitError):
+    """The executing attempt no longer owns the run (cancelled, failed by cleanup, or retried)."""
+
+    code = "run_lost"
+
+
+# --- raised by job code ---------------------------------------------------------------
+
+
+class NonRetriableError(ToolkitError):
+    """Raise from job code to fail the run at once, without further retries."""
+
+    code = "non_retriable"
+
+
+class JobTimeout(NonRetriableError):
+    """The run exceeded its job's timeout; like Inngest's finish timeout, it is not retried."""
+
+    code = "job_timeout"
+
+
+class StepOutputNotSerializable(NonRetriableError):
+    """Retrying cannot make an output serializable: the run fails at once."""
+
+    code = "step_output_not_serializable"

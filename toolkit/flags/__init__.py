@@ -1,0 +1,1 @@
+"""Percentage rollout flags: an OpenFeature provider over the rollouts table."""

@@ -1,0 +1,316 @@
+"""Executes runs: the state machine, the step memo, retries, and failure with refund.
+
+Every transition is a conditional UPDATE on the expected status (and, while running, on the
+attempt number), so two workers cannot both move a run and terminal states never change.
+Backends call these pieces; none of them re-implements the lifecycle.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from toolkit.config import RetryPolicy
+from toolkit.credits import Credits
+from toolkit.db import Database
+from toolkit.errors import (
+    JobTimeout,
+    NonRetriableError,
+    RunLost,
+    StepOutputNotSerializable,
+)
+from toolkit.jobs import JobContext, JobRegistry, JobSpec
+from toolkit.models import TERMINAL, DeadLetter, Run, RunStatus, Step, StepStatus, utcnow
+
+log = logging.getLogger("toolkit.runtime")
+
+
+class Outcome(enum.StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RETRY = "retry"
+    SKIPPED = "skipped"  # not ours to run: already claimed, finished, or cancelled
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: Outcome
+    attempt: int = 0
+    delay: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: uuid.UUID
+    attempt: int
+    job: JobSpec
+    payload: Any
+
+
+def to_json(value: Any, *, what: str) -> Any:
+    """The value as it will come back from the database, or a clear error if it cannot."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise StepOutputNotSerializable(f"{what} is not JSON-serializable: {exc}") from exc
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:4000]
+
+
+class Runtime:
+    def __init__(
+        self,
+        db: Database,
+        credits: Credits,
+        jobs: JobRegistry,
+        *,
+        base_delay: float = 1.0,
+        max_delay: float = 60.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.db = db
+        self.credits = credits
+        self.jobs = jobs
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.rng = rng
+
+    def retry_policy(self, job: JobSpec) -> RetryPolicy:
+        return RetryPolicy(job.retries, self.base_delay, self.max_delay)
+
+    # --- whole runs, for in-process executors ---------------------------------------------
+
+    def execute(self, run_id: uuid.UUID, *, sleep: Callable[[float], None] = time.sleep) -> Outcome:
+        """Run attempts until the run is terminal or no longer ours; sleeps out the backoff."""
+        while True:
+            result = self.run_attempt(run_id)
+            if result.outcome is not Outcome.RETRY:
+                return result.outcome
+            sleep(result.delay)
+
+    def run_attempt(self, run_id: uuid.UUID) -> AttemptResult:
+        """Claim the run, execute its job function once, record what happened."""
+        claim = self.claim(run_id)
+        if claim is None:
+            return AttemptResult(Outcome.SKIPPED)
+        return self.attempt(claim)
+
+    # --- transitions ------------------------------------------------------------------------
+
+    def claim(self, run_id: uuid.UUID) -> Claim | None:
+        """QUEUED → RUNNING, counting the attempt. None if another worker or a final state won."""
+        now = utcnow()
+        with self.db.transaction() as s:
+            row = s.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+                .values(
+                    status=RunStatus.RUNNING, attempts=Run.attempts + 1, heartbeat_at=now,
+                    next_attempt_at=None,
+                )  # fmt: skip
+                .returning(Run.job, Run.attempts, Run.payload, Run.started_at)
+            ).one_or_none()
+            if row is None:
+                return None
+            if row.started_at is None:
+                s.execute(update(Run).where(Run.id == run_id).values(started_at=now))
+        return Claim(run_id, row.attempts, self.jobs.get(row.job), row.payload)
+
+    def complete(self, run_id: uuid.UUID, attempt: int | None, result: Any) -> bool:
+        with self.db.transaction() as s:
+            return self._move(
+                s, run_id, RunStatus.RUNNING, RunStatus.COMPLETED, attempt,
+                result=result, error=None, finished_at=utcnow(),
+            )  # fmt: skip
+
+    def requeue(self, run_id: uuid.UUID, attempt: int, error: str, delay: float) -> bool:
+        """RUNNING → QUEUED for a retry that waits ``delay`` seconds."""
+        with self.db.transaction() as s:
+            return self._move(
+                s, run_id, RunStatus.RUNNING, RunStatus.QUEUED, attempt,
+                error=error, next_attempt_at=utcnow() + timedelta(seconds=delay),
+            )  # fmt: skip
+
+    def fail(
+        self,
+        run_id: uuid.UUID,
+        error: str,
+        *,
+        expected: Iterable[RunStatus] = (RunStatus.RUNNING,),
+        attempt: int | None = None,
+    ) -> bool:
+        """Final failure: FAILED, dead letter and refund commit together or not at all."""
+        with self.db.transaction() as s:
+            moved = False
+            for status in expected:
+                if self._move(
+                    s, run_id, status, RunStatus.FAILED, attempt,
+                    error=error, finished_at=utcnow(),
+                ):  # fmt: skip
+                    moved = True
+                    break
+            if not moved:
+                return False
+            run = s.get_one(Run, run_id)
+            s.execute(
+                self.db.insert(DeadLetter)
+                .values(
+                    run_id=run_id, job=run.job, payload=run.payload, error=error,
+                    attempts=run.attempts, created_at=utcnow(),
+                )  # fmt: skip
+                .on_conflict_do_nothing(index_elements=["run_id"])
+            )
+            self.credits.refund_in(s, run_id, reason=f"run failed: {error[:200]}")
+        log.warning("run %s failed: %s", run_id, error)
+        return True
+
+    def cancel(self, run_id: uuid.UUID, reason: str) -> bool:
+        """QUEUED or RUNNING → CANCELLED with refund; a running attempt stops at its next step."""
+        with self.db.transaction() as s:
+            for status in (RunStatus.QUEUED, RunStatus.RUNNING):
+                if self._move(
+                    s, run_id, status, RunStatus.CANCELLED, None,
+                    error=f"cancelled: {reason}", finished_at=utcnow(),
+                ):  # fmt: skip
+                    self.credits.refund_in(s, run_id, reason=f"run cancelled: {reason}")
+                    return True
+        return False
+
+    @staticmethod
+    def _move(
+        s: Session,
+        run_id: uuid.UUID,
+        expected: RunStatus,
+        target: RunStatus,
+        attempt: int | None,
+        **values: Any,
+    ) -> bool:
+        if expected in TERMINAL:  # terminal states never change, whatever a caller asks
+            return False
+        query = update(Run).where(Run.id == run_id, Run.status == expected)
+        if attempt is not None:
+            query = query.where(Run.attempts == attempt)
+        moved = s.execute(query.values(status=target, **values))
+        return moved.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    # --- one attempt ----------------------------------------------------------------------
+
+    def attempt(self, claim: Claim) -> AttemptResult:
+        job = claim.job
+        ctx = DatabaseJobContext(self, claim, deadline=time.monotonic() + job.timeout)
+        try:
+            value = job.fn(ctx, claim.payload)
+            result = to_json(value, what=f"the result of job {job.name!r}")
+        except RunLost:
+            return AttemptResult(Outcome.SKIPPED, claim.attempt)
+        except NonRetriableError as exc:
+            return self._final(claim, describe(exc))
+        except Exception as exc:  # noqa: BLE001 - job code may raise anything; we record it
+            error = describe(exc)
+            if claim.attempt >= job.max_attempts:
+                return self._final(claim, f"{error} (after {claim.attempt} attempts)")
+            delay = self.retry_policy(job).delay(claim.attempt, self.rng())
+            if not self.requeue(claim.run_id, claim.attempt, error, delay):
+                return AttemptResult(Outcome.SKIPPED, claim.attempt)
+            log.info("run %s attempt %d failed, retry in %.2fs: %s", claim.run_id,
+                     claim.attempt, delay, error)  # fmt: skip
+            return AttemptResult(Outcome.RETRY, claim.attempt, delay, error)
+        if self.complete(claim.run_id, claim.attempt, result):
+            return AttemptResult(Outcome.COMPLETED, claim.attempt)
+        return AttemptResult(Outcome.SKIPPED, claim.attempt)
+
+    def _final(self, claim: Claim, error: str) -> AttemptResult:
+        if self.fail(claim.run_id, error, attempt=claim.attempt):
+            return AttemptResult(Outcome.FAILED, claim.attempt, error=error)
+        return AttemptResult(Outcome.SKIPPED, claim.attempt)
+
+    # --- step memo -------------------------------------------------------------------------
+
+    def memoized(self, claim: Claim, step_id: str) -> tuple[bool, Any]:
+        """Fence the attempt, beat the heart, and return a finished step's stored output."""
+        now = utcnow()
+        with self.db.transaction() as s:
+            self._fence(s, claim, now)
+            step = s.execute(
+                select(Step).where(Step.run_id == claim.run_id, Step.name == step_id)
+            ).scalar_one_or_none()
+            if step is not None and step.status == StepStatus.COMPLETED:
+                return True, step.output
+            if step is None:
+                s.add(Step(run_id=claim.run_id, name=step_id, status=StepStatus.RUNNING,
+                           attempt=claim.attempt, started_at=now))  # fmt: skip
+            else:
+                step.status = StepStatus.RUNNING
+                step.attempt = claim.attempt
+                step.started_at = now
+                step.error = None
+        return False, None
+
+    def finish_step(self, claim: Claim, step_id: str, *, output: Any = None,
+                    error: str | None = None) -> None:  # fmt: skip
+        now = utcnow()
+        with self.db.transaction() as s:
+            if error is None:
+                # A lost attempt must not publish output: the run's new owner re-runs the step.
+                self._fence(s, claim, now)
+            s.execute(
+                update(Step)
+                .where(Step.run_id == claim.run_id, Step.name == step_id,
+                       Step.status == StepStatus.RUNNING)  # fmt: skip
+                .values(
+                    status=StepStatus.FAILED if error else StepStatus.COMPLETED,
+                    output=output, error=error, finished_at=now,
+                )  # fmt: skip
+            )
+
+    @staticmethod
+    def _fence(s: Session, claim: Claim, now: datetime) -> None:
+        alive = s.execute(
+            update(Run)
+            .where(Run.id == claim.run_id, Run.status == RunStatus.RUNNING,
+                   Run.attempts == claim.attempt)  # fmt: skip
+            .values(heartbeat_at=now)
+        )
+        if alive.rowcount != 1:  # type: ignore[attr-defined]
+            raise RunLost(f"run {claim.run_id} attempt {claim.attempt} no longer owns the run")
+
+
+class DatabaseJobContext(JobContext):
+    """Step memo in the steps table: used by the legacy and Celery backends."""
+
+    def __init__(self, runtime: Runtime, claim: Claim, *, deadline: float) -> None:
+        super().__init__(claim.run_id, claim.attempt, claim.job, claim.payload)
+        self._runtime = runtime
+        self._claim = claim
+        self._deadline = deadline
+
+    def _run_step(
+        self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        done, output = self._runtime.memoized(self._claim, step_id)
+        if done:
+            return output
+        if time.monotonic() > self._deadline:
+            raise JobTimeout(f"run exceeded the {self.job.timeout:g}s timeout of job "
+                             f"{self.job.name!r} before step {step_id!r}")  # fmt: skip
+        try:
+            output = to_json(fn(*args, **kwargs), what=f"the output of step {step_id!r}")
+        except Exception as exc:
+            self._runtime.finish_step(self._claim, step_id, error=describe(exc))
+            raise
+        self._runtime.finish_step(self._claim, step_id, output=output)
+        return output
