@@ -132,7 +132,6 @@ def build(tmpdir: str) -> tuple[Toolkit, dict[str, AbstractProvider], dict[str, 
 
 def time_client(client: Any, keys: list[str]) -> float:
     get = client.get_string_value
-    gc.collect()
     start = time.perf_counter()
     for key in keys:
         get(FLAG, "legacy", EvaluationContext(targeting_key=key))
@@ -141,7 +140,6 @@ def time_client(client: Any, keys: list[str]) -> float:
 
 def time_provider(provider: AbstractProvider, contexts: list[EvaluationContext]) -> float:
     resolve = provider.resolve_string_details
-    gc.collect()
     start = time.perf_counter()
     for ctx in contexts:
         resolve(FLAG, "legacy", ctx)
@@ -180,22 +178,37 @@ def profile_ours(client: Any, keys: list[str], top: int) -> str:
 
 
 def summarize(samples: dict[str, list[float]], n: int) -> dict[str, dict[str, float]]:
+    """Per variant: median block rate (robust to noise) and total rate (every eval counted)."""
     out = {}
     for name, secs in samples.items():
         med = statistics.median(secs)
+        total = sum(secs)
         out[name] = {
-            "median_s": med,
             "evals_per_s": n / med,
             "us_per_eval": med / n * 1e6,
-            "min_evals_per_s": n / max(secs),
-            "max_evals_per_s": n / min(secs),
+            "total_evals_per_s": n * len(secs) / total,
+            "total_s": total,
+            "p10_evals_per_s": n / _quantile(secs, 0.9),
+            "p90_evals_per_s": n / _quantile(secs, 0.1),
         }
     return out
+
+
+def _quantile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=10, method="inclusive")[round(q * 10) - 1]
 
 
 def paired_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
     """Median over rounds of (rate a / rate b) within the same round."""
     return statistics.median(tb / ta for ta, tb in zip(samples[a], samples[b], strict=True))
+
+
+def ratio_set(data: dict[str, dict[str, float]], samples: dict[str, list[float]], other: str):
+    return {
+        "median": data["ours"]["evals_per_s"] / data[other]["evals_per_s"],
+        "total": data["ours"]["total_evals_per_s"] / data[other]["total_evals_per_s"],
+        "paired": paired_ratio(samples, "ours", other),
+    }
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -214,51 +227,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 time_client(clients[name], keys[: args.warmup])
                 time_provider(providers[name], contexts[: args.warmup])
             agreement = check_agreement(clients, keys[:10_000])
+            # Move everything alive now out of the collector's way: the timed blocks then pay
+            # only for the garbage collections their own allocations trigger.
+            gc.collect()
+            gc.freeze()
 
             client_s: dict[str, list[float]] = {n: [] for n in names}
             provider_s: dict[str, list[float]] = {n: [] for n in names}
-            refresh_before = counter.calls, counter.seconds
-            ours_client_time = 0.0
+            calls0, secs0 = counter.calls, counter.seconds
+            # Client phase. Every round times one block per variant, in a rotated order, each
+            # block on the next slice of the pre-generated keys (same slice for every variant).
             for r in range(args.rounds):
-                start = (r * args.batch) % max(1, len(keys) - args.batch + 1)
-                batch = keys[start : start + args.batch]
+                block = _slice(keys, r, args.block)
                 for name in rotated(names, r):
-                    t = time_client(clients[name], batch)
-                    client_s[name].append(t)
-                    if name == "ours":
-                        ours_client_time += t
-                for name in rotated(names, r + 1):
-                    provider_s[name].append(time_provider(providers[name], contexts))
-            refreshes = counter.calls - refresh_before[0]
-            refresh_secs = counter.seconds - refresh_before[1]
-            profile = profile_ours(clients["ours"], keys[: args.batch], args.profile_top) if (
+                    client_s[name].append(time_client(clients[name], block))
+            refreshes = counter.calls - calls0
+            refresh_secs = counter.seconds - secs0
+            for r in range(args.rounds):
+                block_ctx = _slice(contexts, r, args.provider_block)
+                for name in rotated(names, r):
+                    provider_s[name].append(time_provider(providers[name], block_ctx))
+            profile = profile_ours(clients["ours"], keys[:20_000], args.profile_top) if (
                 args.profile
             ) else None  # fmt: skip
         finally:
             tk.close()
 
-    client = summarize(client_s, args.batch)
-    provider = summarize(provider_s, len(keys))
+    client = summarize(client_s, args.block)
+    provider = summarize(provider_s, args.provider_block)
     ratios = {
-        "client_ours_vs_inmem_plain": client["ours"]["evals_per_s"]
-        / client["inmem-plain"]["evals_per_s"],
-        "client_ours_vs_inmem_split": client["ours"]["evals_per_s"]
-        / client["inmem-split"]["evals_per_s"],
-        "client_ours_vs_inmem_plain_paired": paired_ratio(client_s, "ours", "inmem-plain"),
-        "client_ours_vs_inmem_split_paired": paired_ratio(client_s, "ours", "inmem-split"),
-        "provider_ours_vs_inmem_plain": provider["ours"]["evals_per_s"]
-        / provider["inmem-plain"]["evals_per_s"],
-        "provider_ours_vs_inmem_split": provider["ours"]["evals_per_s"]
-        / provider["inmem-split"]["evals_per_s"],
+        "client_vs_inmem_plain": ratio_set(client, client_s, "inmem-plain"),
+        "client_vs_inmem_split": ratio_set(client, client_s, "inmem-split"),
+        "provider_vs_inmem_plain": ratio_set(provider, provider_s, "inmem-plain"),
+        "provider_vs_inmem_split": ratio_set(provider, provider_s, "inmem-split"),
     }
+    headline = ratios["client_vs_inmem_plain"]["total"]
+    ours_time = client["ours"]["total_s"]
     return {
         "benchmark": "flags",
         "date": date.today().isoformat(),
         "python": platform.python_version(),
-        "machine": {"cpus": _cpus(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "config": {
             "keys": args.keys,
-            "batch": args.batch,
+            "block": args.block,
+            "provider_block": args.provider_block,
             "rounds": args.rounds,
             "warmup": args.warmup,
             "rollout_percent": PERCENT,
@@ -269,18 +282,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratios": ratios,
         "goal": {
             "ratio": GOAL,
-            "against": "inmem-plain, through the client",
-            "measured": ratios["client_ours_vs_inmem_plain"],
-            "pass": ratios["client_ours_vs_inmem_plain"] >= GOAL,
-            "pass_vs_split": ratios["client_ours_vs_inmem_split"] >= GOAL,
+            "basis": "total-time rate ratio ours / inmem-plain through the client",
+            "measured": headline,
+            "pass": headline >= GOAL,
+            "measured_vs_split": ratios["client_vs_inmem_split"]["total"],
+            "pass_vs_split": ratios["client_vs_inmem_split"]["total"] >= GOAL,
         },
         "refreshes": {
-            "count_during_ours_client_loops": refreshes,
-            "seconds_in_ours_client_loops": ours_client_time,
+            "count": refreshes,
+            "ours_client_seconds": ours_time,
             "mean_refresh_ms": (refresh_secs / refreshes * 1e3) if refreshes else None,
-            "share_of_ours_client_time": refresh_secs / ours_client_time
-            if ours_client_time
-            else None,
+            "share_of_ours_client_time": refresh_secs / ours_time if ours_time else None,
         },
         "agreement": agreement,
         "samples_s": {"client": client_s, "provider_only": provider_s},
@@ -288,51 +300,56 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _cpus() -> int | None:
-    return os.cpu_count()
+def _slice(items: list[Any], r: int, size: int) -> list[Any]:
+    start = (r * size) % max(1, len(items) - size + 1)
+    return items[start : start + size]
 
 
 def render(result: dict[str, Any], console: Console) -> None:
     cfg = result["config"]
-    for title, section in (
-        (f"Through the OpenFeature client ({cfg['batch']:,} evals x {cfg['rounds']} rounds)",
-         "client"),
-        (f"Provider only: resolve_string_details ({cfg['keys']:,} evals x {cfg['rounds']} rounds)",
-         "provider_only"),
-    ):  # fmt: skip
+    sections = (
+        ("client", "Through the OpenFeature client: get_string_value", cfg["block"]),
+        ("provider_only", "Provider only: resolve_string_details", cfg["provider_block"]),
+    )
+    for section, what, block in sections:
         data = result[section]
-        base = data["inmem-plain"]["evals_per_s"]
-        table = Table(title=title)
+        table = Table(title=f"{what} ({cfg['rounds']} interleaved rounds x {block:,} evals)")
         table.add_column("provider")
         table.add_column("median evals/s", justify="right")
         table.add_column("µs/eval", justify="right")
-        table.add_column("min–max evals/s", justify="right")
-        table.add_column("vs inmem-plain", justify="right")
-        table.add_column("vs inmem-split", justify="right")
+        table.add_column("p10-p90 evals/s", justify="right")
+        table.add_column("total evals/s", justify="right")
+        table.add_column("vs plain (med/total)", justify="right")
+        table.add_column("vs split (med/total)", justify="right")
         for name, row in data.items():
+            vs = []
+            for other in ("inmem-plain", "inmem-split"):
+                med = row["evals_per_s"] / data[other]["evals_per_s"]
+                tot = row["total_evals_per_s"] / data[other]["total_evals_per_s"]
+                vs.append(f"{med:.3f}x / {tot:.3f}x")
             table.add_row(
                 name,
                 f"{row['evals_per_s']:,.0f}",
                 f"{row['us_per_eval']:.2f}",
-                f"{row['min_evals_per_s']:,.0f}–{row['max_evals_per_s']:,.0f}",
-                f"{row['evals_per_s'] / base:.3f}x",
-                f"{row['evals_per_s'] / data['inmem-split']['evals_per_s']:.3f}x",
+                f"{row['p10_evals_per_s']:,.0f}-{row['p90_evals_per_s']:,.0f}",
+                f"{row['total_evals_per_s']:,.0f}",
+                *vs,
             )
         console.print(table)
 
     ratios = result["ratios"]
     console.print(
-        f"paired (per-round) ratio through client: ours/inmem-plain "
-        f"{ratios['client_ours_vs_inmem_plain_paired']:.3f}x, ours/inmem-split "
-        f"{ratios['client_ours_vs_inmem_split_paired']:.3f}x"
+        "paired (median of per-round) ratio through the client: ours/inmem-plain "
+        f"{ratios['client_vs_inmem_plain']['paired']:.3f}x, ours/inmem-split "
+        f"{ratios['client_vs_inmem_split']['paired']:.3f}x"
     )
     ref = result["refreshes"]
     mean = f"{ref['mean_refresh_ms']:.2f} ms" if ref["mean_refresh_ms"] is not None else "n/a"
     share = ref["share_of_ours_client_time"]
     console.print(
-        f"ours: {ref['count_during_ours_client_loops']} snapshot refreshes (ttl 1 s) during "
-        f"{ref['seconds_in_ours_client_loops']:.2f} s of timed client loops, mean {mean} each"
-        + (f", {share:.2%} of that time" if share is not None else "")
+        f"ours: {ref['count']} snapshot refreshes (ttl 1 s) during the client phase "
+        f"({ref['ours_client_seconds']:.2f} s of ours' timed blocks), mean {mean} each"
+        + (f" = {share:.2%} of ours' timed client time" if share is not None else "")
     )
     agree = result["agreement"]
     console.print(
@@ -343,34 +360,42 @@ def render(result: dict[str, Any], console: Console) -> None:
     verdict = "[bold green]PASS[/]" if goal["pass"] else "[bold red]FAIL[/]"
     split_verdict = "PASS" if goal["pass_vs_split"] else "FAIL"
     console.print(
-        f"goal: ours >= {goal['ratio']}x InMemoryProvider through the client: "
-        f"{goal['measured']:.3f}x -> {verdict} (vs like-for-like inmem-split: "
-        f"{ratios['client_ours_vs_inmem_split']:.3f}x -> {split_verdict})"
+        f"goal: ours >= {goal['ratio']}x InMemoryProvider through the client "
+        f"(total-time rates, refreshes included): {goal['measured']:.3f}x -> {verdict}  "
+        f"(like-for-like inmem-split: {goal['measured_vs_split']:.3f}x -> {split_verdict})"
     )
     if result.get("profile"):
-        console.print("cProfile of ours through the client (tottime):")
-        console.print(result["profile"], markup=False, highlight=False)
+        console.print("cProfile of ours through the client, 20,000 evals (sorted by tottime):")
+        console.print(result["profile"], markup=False, highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=50_000, help="pre-generated targeting keys")
-    parser.add_argument("--batch", type=int, default=20_000, help="client evals per timed block")
-    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds per variant")
+    parser.add_argument("--block", type=int, default=2_000, help="client evals per timed block")
+    parser.add_argument(
+        "--provider-block", type=int, default=10_000, help="provider-only evals per timed block"
+    )
+    parser.add_argument("--rounds", type=int, default=60, help="interleaved rounds per variant")
     parser.add_argument("--warmup", type=int, default=5_000, help="warm-up evals per variant")
     parser.add_argument("--profile", action="store_true", help="cProfile ours through the client")
     parser.add_argument("--profile-top", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="print JSON only")
     parser.add_argument("--strict", action="store_true", help="exit 1 when the goal fails")
     args = parser.parse_args(argv)
-    if args.batch > args.keys:
-        parser.error("--batch must not exceed --keys")
+    if max(args.block, args.provider_block) > args.keys:
+        parser.error("--block and --provider-block must not exceed --keys")
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2")
 
     result = run(args)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        render(result, Console())
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=140)
+        render(result, console)
     return 1 if args.strict and not result["goal"]["pass"] else 0
 
 

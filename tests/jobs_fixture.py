@@ -37,22 +37,37 @@ class Calls:
                 raise RuntimeError(f"{step} flaked ({left} left)")
 
 
-def register_session_job(  # noqa: E501
-    tk: Toolkit, calls: Calls, *, name: str = "prediction-session",
-                         cost: int = 5, retries: int = 3, target: str = "inngest",
-                         fallback: str = "legacy", timeout: str | float = "15m") -> None:  # fmt: skip
+def register_session_job(
+    tk: Toolkit,
+    calls: Calls,
+    *,
+    name: str = "prediction-session",
+    cost: int = 5,
+    retries: int = 3,
+    target: str = "inngest",
+    fallback: str = "legacy",
+    timeout: str | float = "15m",
+) -> None:
     def call_model(model: str, market: str) -> dict[str, Any]:
         calls.maybe_fail(f"predict-{model}")
         calls.record(f"predict-{model}")
         return {"model": model, "market": market, "p": 0.5}
 
-    @tk.job(name, event="prediction.session.requested", retries=retries, timeout=timeout,
-            target=target, cost=cost, fallback=fallback)  # fmt: skip
+    @tk.job(
+        name,
+        event="prediction.session.requested",
+        retries=retries,
+        timeout=timeout,
+        target=target,
+        cost=cost,
+        fallback=fallback,
+    )
     def session(ctx: JobContext, payload: dict[str, Any]) -> list[Any]:
         if payload.get("fatal"):
             raise NonRetriableError("market closed")
-        return [ctx.step(f"predict-{m}", call_model, m, payload["market_id"])
-                for m in payload["models"]]  # fmt: skip
+        return [
+            ctx.step(f"predict-{m}", call_model, m, payload["market_id"]) for m in payload["models"]
+        ]
 
 
 SESSION = {"models": ["gpt", "claude", "llama"], "market_id": "m-1"}

@@ -16,7 +16,7 @@ from toolkit.backends.base import BaseBackend
 from toolkit.backends.legacy import LegacyBackend, LegacyMode
 from toolkit.credits import Credits
 from toolkit.db import Database
-from toolkit.dispatcher import LEGACY, DispatchRequest, Dispatcher, Route, RunHandle
+from toolkit.dispatcher import LEGACY, Dispatcher, DispatchRequest, Route, RunHandle
 from toolkit.errors import ConfigError, InvalidInput
 from toolkit.flags.provider import RolloutProvider
 from toolkit.flags.store import RolloutStore, RolloutView
@@ -87,20 +87,32 @@ class Toolkit:
         def register(fn: JobFunction) -> JobFunction:
             self.jobs.add(
                 make_spec(
-                    fn, name, event=event, retries=retries, timeout=timeout, target=target,
-                    cost=cost, fallback=fallback, rate_limit=rate_limit,
-                    concurrency=concurrency, options=options,
-                )  # fmt: skip
+                    fn,
+                    name,
+                    event=event,
+                    retries=retries,
+                    timeout=timeout,
+                    target=target,
+                    cost=cost,
+                    fallback=fallback,
+                    rate_limit=rate_limit,
+                    concurrency=concurrency,
+                    options=options,
+                )
             )
             return fn
 
         return register
 
-    def use_backend(self, name: str, backend: BaseBackend | None = None, **options: Any) -> BaseBackend:
+    def use_backend(
+        self, name: str, backend: BaseBackend | None = None, **options: Any
+    ) -> BaseBackend:
         """Enable a backend by name (lazily imported) or register a ready instance."""
         if name == LEGACY:
             raise ConfigError("the legacy backend is always enabled")
-        self.backends[name] = backend if backend is not None else load_backend(name, self, **options)
+        self.backends[name] = (
+            backend if backend is not None else load_backend(name, self, **options)
+        )
         return self.backends[name]
 
     # --- dispatching -------------------------------------------------------------------------
@@ -118,9 +130,7 @@ class Toolkit:
             job, payload, key=key, idempotency_key=idempotency_key, account=account
         )
 
-    def dispatch_many(
-        self, job: str, requests: Iterable[DispatchRequest | Any]
-    ) -> list[RunHandle]:
+    def dispatch_many(self, job: str, requests: Iterable[DispatchRequest | Any]) -> list[RunHandle]:
         return self.dispatcher.dispatch_many(job, requests)
 
     def route(self, job: str, key: str) -> Route:
@@ -138,14 +148,23 @@ class Toolkit:
         return self.rollouts.get(spec.flag_key, on_variant=spec.target)
 
     def set_rollout(
-        self, job: str, percentage: object, *, reason: str, actor: str | None = None,
+        self,
+        job: str,
+        percentage: object,
+        *,
+        reason: str,
+        actor: str | None = None,
         expected_version: int | None = None,
-    ) -> RolloutView:  # fmt: skip
+    ) -> RolloutView:
         spec = self.jobs.get(job)
         view = self.rollouts.set_percentage(
-            spec.flag_key, percentage, on_variant=spec.target, actor=actor or default_actor(),
-            reason=reason, expected_version=expected_version,
-        )  # fmt: skip
+            spec.flag_key,
+            percentage,
+            on_variant=spec.target,
+            actor=actor or default_actor(),
+            reason=reason,
+            expected_version=expected_version,
+        )
         self._flags_changed()
         return view
 
@@ -153,31 +172,51 @@ class Toolkit:
         """0% at once: new work goes to legacy; runs already in flight finish where they are."""
         spec = self.jobs.get(job)
         view = self.rollouts.set_percentage(
-            spec.flag_key, 0, on_variant=spec.target, actor=actor or default_actor(),
-            reason=reason, action="rollout.rollback",
-        )  # fmt: skip
+            spec.flag_key,
+            0,
+            on_variant=spec.target,
+            actor=actor or default_actor(),
+            reason=reason,
+            action="rollout.rollback",
+        )
         self._flags_changed()
         return view
 
     def set_listed(
-        self, job: str, key: str, *, which: str, present: bool = True, reason: str,
+        self,
+        job: str,
+        key: str,
+        *,
+        which: str,
+        present: bool = True,
+        reason: str,
         actor: str | None = None,
-    ) -> RolloutView:  # fmt: skip
+    ) -> RolloutView:
         spec = self.jobs.get(job)
         view = self.rollouts.set_listed(
-            spec.flag_key, key, which=which, present=present, on_variant=spec.target,
-            actor=actor or default_actor(), reason=reason,
-        )  # fmt: skip
+            spec.flag_key,
+            key,
+            which=which,
+            present=present,
+            on_variant=spec.target,
+            actor=actor or default_actor(),
+            reason=reason,
+        )
         self._flags_changed()
         return view
 
-    def set_killed(self, job: str, killed: bool, *, reason: str, actor: str | None = None) -> RolloutView:
+    def set_killed(
+        self, job: str, killed: bool, *, reason: str, actor: str | None = None
+    ) -> RolloutView:
         spec = self.jobs.get(job)
         state = RolloutState.KILLED if killed else RolloutState.ACTIVE
         view = self.rollouts.set_state(
-            spec.flag_key, state, on_variant=spec.target, actor=actor or default_actor(),
+            spec.flag_key,
+            state,
+            on_variant=spec.target,
+            actor=actor or default_actor(),
             reason=reason,
-        )  # fmt: skip
+        )
         self._flags_changed()
         return view
 

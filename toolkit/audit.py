@@ -53,7 +53,7 @@ def record(
     after: Any = None,
     reason: str | None = None,
 ) -> None:
-    """Write one entry inside the caller's transaction, so the change and its record commit together."""
+    """One entry in the caller's transaction: the change and its record commit together."""
     s.add(
         AuditEntry(
             actor=actor, action=action, target=target, before=before, after=after, reason=reason

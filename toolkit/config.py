@@ -36,7 +36,7 @@ def parse_duration(value: str | int | float | timedelta, *, what: str = "duratio
             raise InvalidDuration(
                 f"invalid {what} {value!r}: use a number with a unit, e.g. 90s, 15m, 2h, 1d"
             )
-        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        seconds = float(match.group(1)) * _UNITS[str(match.group(2) or "s")]
     if not seconds > 0 or seconds == float("inf"):
         raise InvalidDuration(f"invalid {what} {value!r}: must be positive")
     return seconds
@@ -55,5 +55,6 @@ class RetryPolicy:
     max_delay: float = 60.0
 
     def delay(self, failed_attempts: int, rand: float) -> float:
-        ceiling = min(self.max_delay, self.base_delay * (2 ** max(failed_attempts - 1, 0)))
+        exponent: int = max(failed_attempts - 1, 0)
+        ceiling = min(self.max_delay, self.base_delay * float(2**exponent))
         return ceiling * (0.5 + rand / 2)

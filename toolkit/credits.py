@@ -1,4 +1,4 @@
-"""Credit ledger. Debits and refunds are keyed by run, so the database forbids doing either twice."""
+"""Credit ledger. Debits and refunds are keyed by run: the database forbids doing either twice."""
 
 from __future__ import annotations
 

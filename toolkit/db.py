@@ -10,7 +10,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.dml import Insert
 
 from toolkit.errors import ConfigError, DatabaseError
 
@@ -101,7 +100,7 @@ class Database:
         finally:
             session.close()
 
-    def insert(self, table: Any) -> Insert:
+    def insert(self, table: Any) -> Any:
         """A dialect INSERT that supports ``on_conflict_do_nothing``."""
         if self.is_postgres:
             return postgresql.insert(table)

@@ -114,11 +114,17 @@ class Dispatcher:
         backend = details.value
         if backend != LEGACY and backend not in self._tk.backends:
             return Route(
-                job.name, key, LEGACY, f"{reason}: backend {backend!r} is not configured",
-                details.variant, f"backend {backend!r} not configured",
-            )  # fmt: skip
+                job.name,
+                key,
+                LEGACY,
+                f"{reason}: backend {backend!r} is not configured",
+                details.variant,
+                f"backend {backend!r} not configured",
+            )
         rule = details.flag_metadata.get("rule") if details.flag_metadata else None
-        return Route(job.name, key, backend, f"{reason} ({rule})" if rule else reason, details.variant)
+        return Route(
+            job.name, key, backend, f"{reason} ({rule})" if rule else reason, details.variant
+        )
 
     # --- dispatch --------------------------------------------------------------------------
 
@@ -200,7 +206,9 @@ class Dispatcher:
                     self._debit_batch(s, job, fresh)
         return handles, fresh
 
-    def _debit_batch(self, s: Any, job: JobSpec, fresh: list[tuple[uuid.UUID, DispatchRequest, Route]]) -> None:
+    def _debit_batch(
+        self, s: Any, job: JobSpec, fresh: list[tuple[uuid.UUID, DispatchRequest, Route]]
+    ) -> None:
         per_account: dict[str, list[uuid.UUID]] = defaultdict(list)
         for run_id, request, _ in fresh:
             assert request.account is not None
@@ -209,9 +217,17 @@ class Dispatcher:
             self._tk.credits.spend_in(s, account, job.cost * len(run_ids))
             s.execute(
                 insert(CreditEntry),
-                [{"account": account, "run_id": rid, "kind": LedgerKind.DEBIT.value,
-                  "amount": job.cost, "created_at": utcnow()} for rid in run_ids],
-            )  # fmt: skip
+                [
+                    {
+                        "account": account,
+                        "run_id": rid,
+                        "kind": LedgerKind.DEBIT.value,
+                        "amount": job.cost,
+                        "created_at": utcnow(),
+                    }
+                    for rid in run_ids
+                ],
+            )
 
     # --- hand-over and fallback ------------------------------------------------------------
 
@@ -220,16 +236,26 @@ class Dispatcher:
     ) -> list[RunHandle]:
         handles: list[RunHandle] = []
         for run_id, request, route in runs:
-            handle = RunHandle(run_id, job.name, route.backend, RunStatus.QUEUED.value,
-                               route_reason=route.reason, _toolkit=self._tk)  # fmt: skip
+            handle = RunHandle(
+                run_id,
+                job.name,
+                route.backend,
+                RunStatus.QUEUED.value,
+                route_reason=route.reason,
+                _toolkit=self._tk,
+            )
             submitted = SubmittedRun(run_id, job, request.payload, request.key or str(run_id))
             backend = self._backend(route.backend)
             try:
                 backend.submit(submitted)
             except BackendUnavailable as exc:
                 self._fallback(job, submitted, handle, exc)
-            if route.backend == LEGACY and self._tk.legacy.mode == "blocking":
-                handle.refresh()
+            if (
+                handle.backend == LEGACY
+                and handle.status == RunStatus.QUEUED.value
+                and (self._tk.legacy.mode == "blocking")
+            ):
+                handle.refresh()  # it ran inline: report where it ended, as the old code did
             handles.append(handle)
         return handles
 
@@ -243,9 +269,12 @@ class Dispatcher:
                 moved = s.execute(
                     update(Run)
                     .where(Run.id == run.run_id, Run.status == RunStatus.QUEUED)
-                    .values(backend=LEGACY, fallback_from=handle.backend,
-                            route_reason=f"fallback: {reason}"[:500])  # fmt: skip
-                ).rowcount
+                    .values(
+                        backend=LEGACY,
+                        fallback_from=handle.backend,
+                        route_reason=f"fallback: {reason}"[:500],
+                    )
+                ).rowcount  # type: ignore[attr-defined]
             if moved == 1:
                 handle.fallback_from, handle.backend = handle.backend, LEGACY
                 handle.route_reason = f"fallback: {reason}"
@@ -254,9 +283,7 @@ class Dispatcher:
                     return
                 except BackendUnavailable as again:
                     reason = f"{reason}; legacy fallback also failed: {again}"
-        self._tk.runtime.fail(
-            run.run_id, f"not submitted: {reason}", expected=(RunStatus.QUEUED,)
-        )
+        self._tk.runtime.fail(run.run_id, f"not submitted: {reason}", expected=(RunStatus.QUEUED,))
         handle.status, handle.error = RunStatus.FAILED.value, f"not submitted: {reason}"
 
     # --- helpers ---------------------------------------------------------------------------
@@ -273,15 +300,25 @@ class Dispatcher:
         return DispatchRequest(_check_payload(job.name, request.payload), key, ikey, account)
 
     @staticmethod
-    def _row(job: JobSpec, request: DispatchRequest, run_id: uuid.UUID, route: Route) -> dict[str, Any]:
+    def _row(
+        job: JobSpec, request: DispatchRequest, run_id: uuid.UUID, route: Route
+    ) -> dict[str, Any]:
         reason = route.reason if route.error is None else f"{route.reason}: {route.error}"
         return {
-            "id": run_id, "job": job.name, "idempotency_key": request.idempotency_key,
-            "targeting_key": request.key or str(run_id), "backend": route.backend,
-            "status": RunStatus.QUEUED.value, "payload": request.payload, "attempts": 0,
-            "account": request.account if job.cost else None, "cost": job.cost,
-            "route_reason": reason[:500], "recoveries": 0, "created_at": utcnow(),
-        }  # fmt: skip
+            "id": run_id,
+            "job": job.name,
+            "idempotency_key": request.idempotency_key,
+            "targeting_key": request.key or str(run_id),
+            "backend": route.backend,
+            "status": RunStatus.QUEUED.value,
+            "payload": request.payload,
+            "attempts": 0,
+            "account": request.account if job.cost else None,
+            "cost": job.cost,
+            "route_reason": reason[:500],
+            "recoveries": 0,
+            "created_at": utcnow(),
+        }
 
     @staticmethod
     def _existing(s: Any, job: str, keys: list[str]) -> dict[str, Run]:
@@ -290,10 +327,16 @@ class Dispatcher:
 
     def _handle(self, run: Run, *, created: bool) -> RunHandle:
         return RunHandle(
-            run.id, run.job, run.backend, run.status, created=created,
-            route_reason=run.route_reason, fallback_from=run.fallback_from, error=run.error,
+            run.id,
+            run.job,
+            run.backend,
+            run.status,
+            created=created,
+            route_reason=run.route_reason,
+            fallback_from=run.fallback_from,
+            error=run.error,
             _toolkit=self._tk,
-        )  # fmt: skip
+        )
 
 
 def _as_request(item: DispatchRequest | Mapping[str, Any] | Any) -> DispatchRequest:

@@ -145,8 +145,12 @@ class RunQueries:
             dead = s.scalar(select(DeadLetter.id).where(DeadLetter.run_id == view.id))
             return RunDetail(
                 view,
-                [StepView(x.name, x.status, x.attempt, x.output, x.error, x.started_at,
-                          x.finished_at) for x in steps],  # fmt: skip
+                [
+                    StepView(
+                        x.name, x.status, x.attempt, x.output, x.error, x.started_at, x.finished_at
+                    )
+                    for x in steps
+                ],
                 [LedgerView(e.account, e.kind, e.amount, e.reason, e.created_at) for e in ledger],
                 dead is not None,
             )

@@ -119,9 +119,11 @@ class Runtime:
                 update(Run)
                 .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
                 .values(
-                    status=RunStatus.RUNNING, attempts=Run.attempts + 1, heartbeat_at=now,
+                    status=RunStatus.RUNNING,
+                    attempts=Run.attempts + 1,
+                    heartbeat_at=now,
                     next_attempt_at=None,
-                )  # fmt: skip
+                )
                 .returning(Run.job, Run.attempts, Run.payload, Run.started_at)
             ).one_or_none()
             if row is None:
@@ -133,17 +135,28 @@ class Runtime:
     def complete(self, run_id: uuid.UUID, attempt: int | None, result: Any) -> bool:
         with self.db.transaction() as s:
             return self._move(
-                s, run_id, RunStatus.RUNNING, RunStatus.COMPLETED, attempt,
-                result=result, error=None, finished_at=utcnow(),
-            )  # fmt: skip
+                s,
+                run_id,
+                RunStatus.RUNNING,
+                RunStatus.COMPLETED,
+                attempt,
+                result=result,
+                error=None,
+                finished_at=utcnow(),
+            )
 
     def requeue(self, run_id: uuid.UUID, attempt: int, error: str, delay: float) -> bool:
         """RUNNING → QUEUED for a retry that waits ``delay`` seconds."""
         with self.db.transaction() as s:
             return self._move(
-                s, run_id, RunStatus.RUNNING, RunStatus.QUEUED, attempt,
-                error=error, next_attempt_at=utcnow() + timedelta(seconds=delay),
-            )  # fmt: skip
+                s,
+                run_id,
+                RunStatus.RUNNING,
+                RunStatus.QUEUED,
+                attempt,
+                error=error,
+                next_attempt_at=utcnow() + timedelta(seconds=delay),
+            )
 
     def fail(
         self,
@@ -158,9 +171,14 @@ class Runtime:
             moved = False
             for status in expected:
                 if self._move(
-                    s, run_id, status, RunStatus.FAILED, attempt,
-                    error=error, finished_at=utcnow(),
-                ):  # fmt: skip
+                    s,
+                    run_id,
+                    status,
+                    RunStatus.FAILED,
+                    attempt,
+                    error=error,
+                    finished_at=utcnow(),
+                ):
                     moved = True
                     break
             if not moved:
@@ -169,9 +187,13 @@ class Runtime:
             s.execute(
                 self.db.insert(DeadLetter)
                 .values(
-                    run_id=run_id, job=run.job, payload=run.payload, error=error,
-                    attempts=run.attempts, created_at=utcnow(),
-                )  # fmt: skip
+                    run_id=run_id,
+                    job=run.job,
+                    payload=run.payload,
+                    error=error,
+                    attempts=run.attempts,
+                    created_at=utcnow(),
+                )
                 .on_conflict_do_nothing(index_elements=["run_id"])
             )
             self.credits.refund_in(s, run_id, reason=f"run failed: {error[:200]}")
@@ -183,9 +205,14 @@ class Runtime:
         with self.db.transaction() as s:
             for status in (RunStatus.QUEUED, RunStatus.RUNNING):
                 if self._move(
-                    s, run_id, status, RunStatus.CANCELLED, None,
-                    error=f"cancelled: {reason}", finished_at=utcnow(),
-                ):  # fmt: skip
+                    s,
+                    run_id,
+                    status,
+                    RunStatus.CANCELLED,
+                    None,
+                    error=f"cancelled: {reason}",
+                    finished_at=utcnow(),
+                ):
                     self.credits.refund_in(s, run_id, reason=f"run cancelled: {reason}")
                     return True
         return False
@@ -226,8 +253,13 @@ class Runtime:
             delay = self.retry_policy(job).delay(claim.attempt, self.rng())
             if not self.requeue(claim.run_id, claim.attempt, error, delay):
                 return AttemptResult(Outcome.SKIPPED, claim.attempt)
-            log.info("run %s attempt %d failed, retry in %.2fs: %s", claim.run_id,
-                     claim.attempt, delay, error)  # fmt: skip
+            log.info(
+                "run %s attempt %d failed, retry in %.2fs: %s",
+                claim.run_id,
+                claim.attempt,
+                delay,
+                error,
+            )
             return AttemptResult(Outcome.RETRY, claim.attempt, delay, error)
         if self.complete(claim.run_id, claim.attempt, result):
             return AttemptResult(Outcome.COMPLETED, claim.attempt)
@@ -251,8 +283,15 @@ class Runtime:
             if step is not None and step.status == StepStatus.COMPLETED:
                 return True, step.output
             if step is None:
-                s.add(Step(run_id=claim.run_id, name=step_id, status=StepStatus.RUNNING,
-                           attempt=claim.attempt, started_at=now))  # fmt: skip
+                s.add(
+                    Step(
+                        run_id=claim.run_id,
+                        name=step_id,
+                        status=StepStatus.RUNNING,
+                        attempt=claim.attempt,
+                        started_at=now,
+                    )
+                )
             else:
                 step.status = StepStatus.RUNNING
                 step.attempt = claim.attempt
@@ -260,8 +299,9 @@ class Runtime:
                 step.error = None
         return False, None
 
-    def finish_step(self, claim: Claim, step_id: str, *, output: Any = None,
-                    error: str | None = None) -> None:  # fmt: skip
+    def finish_step(
+        self, claim: Claim, step_id: str, *, output: Any = None, error: str | None = None
+    ) -> None:
         now = utcnow()
         with self.db.transaction() as s:
             if error is None:
@@ -269,20 +309,28 @@ class Runtime:
                 self._fence(s, claim, now)
             s.execute(
                 update(Step)
-                .where(Step.run_id == claim.run_id, Step.name == step_id,
-                       Step.status == StepStatus.RUNNING)  # fmt: skip
+                .where(
+                    Step.run_id == claim.run_id,
+                    Step.name == step_id,
+                    Step.status == StepStatus.RUNNING,
+                )
                 .values(
                     status=StepStatus.FAILED if error else StepStatus.COMPLETED,
-                    output=output, error=error, finished_at=now,
-                )  # fmt: skip
+                    output=output,
+                    error=error,
+                    finished_at=now,
+                )
             )
 
     @staticmethod
     def _fence(s: Session, claim: Claim, now: datetime) -> None:
         alive = s.execute(
             update(Run)
-            .where(Run.id == claim.run_id, Run.status == RunStatus.RUNNING,
-                   Run.attempts == claim.attempt)  # fmt: skip
+            .where(
+                Run.id == claim.run_id,
+                Run.status == RunStatus.RUNNING,
+                Run.attempts == claim.attempt,
+            )
             .values(heartbeat_at=now)
         )
         if alive.rowcount != 1:  # type: ignore[attr-defined]
@@ -305,8 +353,10 @@ class DatabaseJobContext(JobContext):
         if done:
             return output
         if time.monotonic() > self._deadline:
-            raise JobTimeout(f"run exceeded the {self.job.timeout:g}s timeout of job "
-                             f"{self.job.name!r} before step {step_id!r}")  # fmt: skip
+            raise JobTimeout(
+                f"run exceeded the {self.job.timeout:g}s timeout of job "
+                f"{self.job.name!r} before step {step_id!r}"
+            )
         try:
             output = to_json(fn(*args, **kwargs), what=f"the output of step {step_id!r}")
         except Exception as exc:

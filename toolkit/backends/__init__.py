@@ -28,7 +28,9 @@ def load_backend(name: str, toolkit: Toolkit, **options: Any) -> BaseBackend:
     try:
         module_name, class_name, extra, requirement = OPTIONAL[name]
     except KeyError:
-        raise ConfigError(f"unknown backend {name!r} (known: legacy, {', '.join(OPTIONAL)})") from None
+        raise ConfigError(
+            f"unknown backend {name!r} (known: legacy, {', '.join(OPTIONAL)})"
+        ) from None
     try:
         importlib.import_module(requirement)
     except ModuleNotFoundError as exc:

@@ -56,7 +56,7 @@ class BaseBackend:
             if isinstance(exc, BackendUnavailable):
                 raise
             raise BackendUnavailable(f"{self.name} refused run {run.run_id}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - transport errors of any client library
+        except Exception as exc:
             raise BackendUnavailable(
                 f"{self.name} could not take run {run.run_id}: {type(exc).__name__}: {exc}"
             ) from exc

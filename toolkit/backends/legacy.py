@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from toolkit.backends.base import BaseBackend, SubmittedRun
 from toolkit.errors import BackendUnavailable, ConfigError
@@ -48,7 +48,9 @@ class LegacyBackend(BaseBackend):
             if self._closed:
                 raise BackendUnavailable("the legacy executor is shut down")
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._max_workers, thread_name_prefix="toolkit-legacy")
+                self._pool = ThreadPoolExecutor(
+                    self._max_workers, thread_name_prefix="toolkit-legacy"
+                )
             return self._pool
 
     def close(self, *, wait: bool = True) -> None:
@@ -60,7 +62,7 @@ class LegacyBackend(BaseBackend):
             pool.shutdown(wait=wait)
 
 
-def _log_crash(future: Future[object]) -> None:
+def _log_crash(future: Future[Any]) -> None:
     exc = future.exception()
     if exc is not None:  # the runtime records job errors itself; this is the database failing
         log.error("legacy executor could not record a run: %s", exc, exc_info=exc)

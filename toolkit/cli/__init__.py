@@ -18,10 +18,19 @@ from toolkit.errors import EXIT_FAILURE, EXIT_USAGE, ToolkitError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--app", "app_spec", envvar=APP_ENV, metavar="MODULE:ATTR",
-              help=f"Your Toolkit object (or a factory); default ${APP_ENV}.")  # fmt: skip
-@click.option("--database-url", envvar=DATABASE_URL_ENV, metavar="URL",
-              help=f"Used when no app is given; default ${DATABASE_URL_ENV} or ./toolkit.db.")  # fmt: skip
+@click.option(
+    "--app",
+    "app_spec",
+    envvar=APP_ENV,
+    metavar="MODULE:ATTR",
+    help=f"Your Toolkit object (or a factory); default ${APP_ENV}.",
+)
+@click.option(
+    "--database-url",
+    envvar=DATABASE_URL_ENV,
+    metavar="URL",
+    help=f"Used when no app is given; default ${DATABASE_URL_ENV} or ./toolkit.db.",
+)
 @click.pass_context
 def cli(ctx: click.Context, app_spec: str | None, database_url: str | None) -> None:
     """Move inline background work onto durable backends behind a percentage flag."""
@@ -66,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("TOOLKIT_DEBUG"):
             traceback.print_exc()
         first = str(exc).splitlines()[0] if str(exc) else ""
-        print_error(f"internal error: {type(exc).__name__}: {first} (TOOLKIT_DEBUG=1 for a traceback)")
+        print_error(
+            f"internal error: {type(exc).__name__}: {first} (TOOLKIT_DEBUG=1 for a traceback)"
+        )
         return EXIT_FAILURE
     return 0
 

@@ -12,8 +12,11 @@ from toolkit.cli.render import console, emit_json, table, when
 
 def _change(before: object, after: object) -> str:
     if isinstance(before, dict) and isinstance(after, dict):
-        diff = [f"{k}: {before.get(k)} → {after.get(k)}" for k in after
-                if k not in ("version", "updated_at", "updated_by") and before.get(k) != after.get(k)]  # fmt: skip
+        diff = [
+            f"{k}: {before.get(k)} → {after.get(k)}"
+            for k in after
+            if k not in ("version", "updated_at", "updated_by") and before.get(k) != after.get(k)
+        ]
         return "; ".join(diff)
     return json.dumps(after, default=str)[:80] if after is not None else ""
 
@@ -24,13 +27,28 @@ def _change(before: object, after: object) -> str:
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def group(obj: CliContext, since: str | None, target: str | None, limit: int, as_json: bool) -> None:
+def group(
+    obj: CliContext, since: str | None, target: str | None, limit: int, as_json: bool
+) -> None:
     """Who changed what, when, and why (newest first)."""
     entries = obj.toolkit.audit.entries(since=parse_since(since), target=target, limit=limit)
     if as_json:
         emit_json([e.as_dict() for e in entries])
         return
-    console().print(table("Audit", ["at", "actor", "action", "target", "change", "reason"], [
-        (when(e.at), e.actor, e.action, e.target, _change(e.before, e.after), e.reason or "")
-        for e in entries
-    ]))  # fmt: skip
+    console().print(
+        table(
+            "Audit",
+            ["at", "actor", "action", "target", "change", "reason"],
+            [
+                (
+                    when(e.at),
+                    e.actor,
+                    e.action,
+                    e.target,
+                    _change(e.before, e.after),
+                    e.reason or "",
+                )
+                for e in entries
+            ],
+        )
+    )

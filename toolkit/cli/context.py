@@ -21,7 +21,9 @@ _APP = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 def load_app(spec: str) -> Toolkit:
     """Import ``module:attr``; attr may be a Toolkit or a zero-argument factory returning one."""
     if not _APP.match(spec):
-        raise AppLoadError(f"malformed --app {spec!r}: expected module:attribute, e.g. myapp.jobs:tk")
+        raise AppLoadError(
+            f"malformed --app {spec!r}: expected module:attribute, e.g. myapp.jobs:tk"
+        )
     module_name, attr_path = spec.split(":", 1)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())

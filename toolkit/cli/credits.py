@@ -13,7 +13,7 @@ def group() -> None:
     """Credit balances."""
 
 
-@group.command("grant")
+@group.command("grant", context_settings={"ignore_unknown_options": True})
 @click.argument("account")
 @click.argument("amount", type=int)
 @click.option("--reason", default=None)
@@ -33,10 +33,19 @@ def balance(obj: CliContext, account: str, as_json: bool) -> None:
     tk = obj.toolkit
     bal, totals = tk.credits.balance(account), tk.credits.totals(account)
     if as_json:
-        emit_json({"account": account, "balance": bal, "grants": totals.grants,
-                   "debits": totals.debits, "refunds": totals.refunds,
-                   "consistent": bal == totals.balance})  # fmt: skip
+        emit_json(
+            {
+                "account": account,
+                "balance": bal,
+                "grants": totals.grants,
+                "debits": totals.debits,
+                "refunds": totals.refunds,
+                "consistent": bal == totals.balance,
+            }
+        )
         return
     colour = "green" if bal == totals.balance else "bold red"
-    console().print(f"{account}: [{colour}]{bal}[/] (grants {totals.grants} − debits "
-                    f"{totals.debits} + refunds {totals.refunds})")  # fmt: skip
+    console().print(
+        f"{account}: [{colour}]{bal}[/] (grants {totals.grants} - debits "
+        f"{totals.debits} + refunds {totals.refunds})"
+    )

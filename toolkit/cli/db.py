@@ -32,7 +32,9 @@ def current(obj: CliContext, as_json: bool) -> None:
 
     tk = obj.toolkit
     with tk.db.engine.connect() as conn:
-        rev = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        rev = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE}
+        ).get_current_revision()
     if as_json:
         emit_json({"revision": rev, "dialect": tk.db.dialect})
     else:

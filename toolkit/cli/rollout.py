@@ -43,33 +43,67 @@ def status(obj: CliContext, job: str | None, as_json: bool) -> None:
     views = _views(tk, job)
     flight = tk.runs.in_flight(job)
     if as_json:
-        emit_json([
-            {**v.as_dict(), "job": name, "target": target,
-             "in_flight": {b: c for (j, b), c in flight.items() if j == name}}
-            for name, target, v in views
-        ])  # fmt: skip
+        emit_json(
+            [
+                {
+                    **v.as_dict(),
+                    "job": name,
+                    "target": target,
+                    "in_flight": {b: c for (j, b), c in flight.items() if j == name},
+                }
+                for name, target, v in views
+            ]
+        )
         return
     if not views:
         console().print("[dim]no jobs: load your app with --app module:attr or set TOOLKIT_APP[/]")
         return
 
     def drain(name: str) -> str:
-        parts = [f"{b}: {c['QUEUED']}q/{c['RUNNING']}r" for (j, b), c in flight.items() if j == name]
+        parts = [
+            f"{b}: {c['QUEUED']}q/{c['RUNNING']}r" for (j, b), c in flight.items() if j == name
+        ]
         return ", ".join(parts) or "[dim]none[/]"
 
-    console().print(table(
-        "Rollouts", ["job", "target", "rollout", "state", "allow", "deny", "version",
-                     "updated", "in flight"],
-        [(name, target, percentage(v.percentage),
-          "[bold red]killed[/]" if v.killed else "active", len(v.allow), len(v.deny), v.version,
-          f"{v.updated_by or '-'} {v.updated_at:%Y-%m-%d %H:%M}" if v.updated_at else "[dim]never[/]",
-          drain(name)) for name, target, v in views],
-    ))  # fmt: skip
+    console().print(
+        table(
+            "Rollouts",
+            [
+                "job",
+                "target",
+                "rollout",
+                "state",
+                "allow",
+                "deny",
+                "version",
+                "updated",
+                "in flight",
+            ],
+            [
+                (
+                    name,
+                    target,
+                    percentage(v.percentage),
+                    "[bold red]killed[/]" if v.killed else "active",
+                    len(v.allow),
+                    len(v.deny),
+                    v.version,
+                    f"{v.updated_by or '-'} {v.updated_at:%Y-%m-%d %H:%M}"
+                    if v.updated_at
+                    else "[dim]never[/]",
+                    drain(name),
+                )
+                for name, target, v in views
+            ],
+        )
+    )
 
 
 def _show(v: RolloutView, verb: str) -> None:
-    console().print(f"[green]{verb}[/] {v.flag_key}: {percentage(v.percentage)} "
-                    f"({'killed' if v.killed else 'active'}, version {v.version})")  # fmt: skip
+    console().print(
+        f"[green]{verb}[/] {v.flag_key}: {percentage(v.percentage)} "
+        f"({'killed' if v.killed else 'active'}, version {v.version})"
+    )
 
 
 @group.command("set", context_settings={"ignore_unknown_options": True})
@@ -77,14 +111,25 @@ def _show(v: RolloutView, verb: str) -> None:
 @click.argument("percent", metavar="PERCENT")
 @_REASON
 @_ACTOR
-@click.option("--expect-version", type=int, default=None,
-              help="Fail unless the rollout is at this version (optimistic lock).")  # fmt: skip
+@click.option(
+    "--expect-version",
+    type=int,
+    default=None,
+    help="Fail unless the rollout is at this version (optimistic lock).",
+)
 @pass_ctx
-def set_(obj: CliContext, job: str, percent: str, reason: str, actor: str | None,
-         expect_version: int | None) -> None:  # fmt: skip
+def set_(
+    obj: CliContext,
+    job: str,
+    percent: str,
+    reason: str,
+    actor: str | None,
+    expect_version: int | None,
+) -> None:
     """Route PERCENT (0-100, two decimals) of JOB's keys to its new backend."""
-    view = obj.toolkit.set_rollout(job, percent, reason=reason, actor=actor,
-                                   expected_version=expect_version)  # fmt: skip
+    view = obj.toolkit.set_rollout(
+        job, percent, reason=reason, actor=actor, expected_version=expect_version
+    )
     _show(view, "set")
 
 
@@ -104,8 +149,10 @@ def rollback(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
         out.print("nothing in flight on the new backend.")
         return
     for backend, counts in flight.items():
-        out.print(f"[yellow]draining on {backend}:[/] {counts['QUEUED']} queued, "
-                  f"{counts['RUNNING']} running")  # fmt: skip
+        out.print(
+            f"[yellow]draining on {backend}:[/] {counts['QUEUED']} queued, "
+            f"{counts['RUNNING']} running"
+        )
     out.print(f"next: watch them with [bold]toolkit runs list --job {job} --status RUNNING[/]")
 
 
@@ -118,14 +165,17 @@ def _listed(which: str, present: bool):  # type: ignore[no-untyped-def]
     @_ACTOR
     @pass_ctx
     def command(obj: CliContext, job: str, key: str, reason: str, actor: str | None) -> None:
-        view = obj.toolkit.set_listed(job, key, which=which, present=present, reason=reason,
-                                      actor=actor)  # fmt: skip
+        view = obj.toolkit.set_listed(
+            job, key, which=which, present=present, reason=reason, actor=actor
+        )
         _show(view, f"{verb} {key!r} on")
 
+    effect = "always the new backend" if which == "allow" else "always legacy"
     command.__doc__ = (
-        f"Put KEY on JOB's {which} list ({'always new backend' if which == 'allow' else 'always legacy'})."
-        if present else f"Take KEY off JOB's {which} list."
-    )  # fmt: skip
+        f"Put KEY on JOB's {which} list ({effect})."
+        if present
+        else f"Take KEY off JOB's {which} list."
+    )
     return group.command(verb)(command)
 
 
@@ -166,9 +216,14 @@ def explain(obj: CliContext, job: str, key: str, as_json: bool) -> None:
     data: dict[str, Any] = route.as_dict()
     if isinstance(tk.provider, RolloutProvider):
         view = tk.rollout(job)
-        data.update(percentage=float(view.percentage), state=view.state,
-                    bucket=bucket(view.flag_key, key), threshold=view.basis_points,
-                    allowed=key in view.allow, denied=key in view.deny)  # fmt: skip
+        data.update(
+            percentage=float(view.percentage),
+            state=view.state,
+            bucket=bucket(view.flag_key, key),
+            threshold=view.basis_points,
+            allowed=key in view.allow,
+            denied=key in view.deny,
+        )
     if as_json:
         emit_json(data)
         return
@@ -177,7 +232,9 @@ def explain(obj: CliContext, job: str, key: str, as_json: bool) -> None:
     out.print(f"{job} / {key!r} → [{colour}]{route.backend}[/] ({route.reason})")
     if "bucket" in data:
         side = "<" if data["bucket"] < data["threshold"] else "≥"
-        out.print(f"  bucket {data['bucket']} {side} {data['threshold']} of 10000 "
-                  f"(rollout {data['percentage']:g}%, {data['state']})")  # fmt: skip
+        out.print(
+            f"  bucket {data['bucket']} {side} {data['threshold']} of 10000 "
+            f"(rollout {data['percentage']:g}%, {data['state']})"
+        )
     if route.error:
         out.print(f"  [red]flag error:[/] {route.error}")

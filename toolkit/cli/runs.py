@@ -22,22 +22,43 @@ def group() -> None:
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def list_(obj: CliContext, job: str | None, status_: str | None, backend: str | None,
-          since: str | None, limit: int, as_json: bool) -> None:  # fmt: skip
+def list_(
+    obj: CliContext,
+    job: str | None,
+    status_: str | None,
+    backend: str | None,
+    since: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """Most recent runs first."""
-    runs = obj.toolkit.runs.list(job=job, status=status_, backend=backend,
-                                 since=parse_since(since), limit=limit)  # fmt: skip
+    runs = obj.toolkit.runs.list(
+        job=job, status=status_, backend=backend, since=parse_since(since), limit=limit
+    )
     if as_json:
         emit_json([r.as_dict() for r in runs])
         return
-    console().print(table(
-        f"Runs ({len(runs)})",
-        ["run id", "job", "status", "backend", "att", "created", "queue", "duration", "error"],
-        [(r.id, r.job, status(r.status),
-          r.backend + (f" [yellow](from {r.fallback_from})[/]" if r.fallback_from else ""),
-          r.attempts, when(r.created_at), seconds(r.queue_seconds), seconds(r.duration_seconds),
-          (r.error or "")[:60]) for r in runs],
-    ))  # fmt: skip
+    console().print(
+        table(
+            f"Runs ({len(runs)})",
+            ["run id", "job", "status", "backend", "att", "created", "queue", "duration", "error"],
+            [
+                (
+                    r.id,
+                    r.job,
+                    status(r.status),
+                    r.backend
+                    + (f" [yellow](from {r.fallback_from})[/]" if r.fallback_from else ""),
+                    r.attempts,
+                    when(r.created_at),
+                    seconds(r.queue_seconds),
+                    seconds(r.duration_seconds),
+                    (r.error or "")[:60],
+                )
+                for r in runs
+            ],
+        )
+    )
 
 
 @group.command("show")
@@ -54,23 +75,45 @@ def show(obj: CliContext, run_id: str, as_json: bool) -> None:
     lines = [
         f"job        {r.job}",
         f"status     {status(r.status)}   attempts {r.attempts}   recoveries {r.recoveries}",
-        f"backend    {r.backend}" + (f"  [yellow]fallback from {r.fallback_from}[/]" if r.fallback_from else ""),
+        f"backend    {r.backend}"
+        + (f"  [yellow]fallback from {r.fallback_from}[/]" if r.fallback_from else ""),
         f"route      {r.route_reason or '-'}   key {r.targeting_key}",
         f"idempotency {r.idempotency_key or '-'}   account {r.account or '-'}   cost {r.cost}",
         f"created    {when(r.created_at)}   queue {seconds(r.queue_seconds)}   "
         f"duration {seconds(r.duration_seconds)}",
-    ]  # fmt: skip
+    ]
     if r.error:
         lines.append(f"[red]error      {r.error}[/]")
     if detail.dead_letter:
         lines.append("[red]dead letter written[/]")
     out = console()
     out.print(Panel("\n".join(lines), title=str(r.id), title_align="left"))
-    out.print(table("Steps", ["step", "status", "attempt", "started", "took", "error"], [
-        (s.name, status(s.status), s.attempt, when(s.started_at),
-         seconds((s.finished_at - s.started_at).total_seconds() if s.finished_at else None),
-         (s.error or "")[:60]) for s in detail.steps
-    ]))  # fmt: skip
-    out.print(table("Credits", ["kind", "account", "amount", "at", "reason"], [
-        (e.kind, e.account, e.amount, when(e.created_at), e.reason or "") for e in detail.ledger
-    ]))  # fmt: skip
+    out.print(
+        table(
+            "Steps",
+            ["step", "status", "attempt", "started", "took", "error"],
+            [
+                (
+                    s.name,
+                    status(s.status),
+                    s.attempt,
+                    when(s.started_at),
+                    seconds(
+                        (s.finished_at - s.started_at).total_seconds() if s.finished_at else None
+                    ),
+                    (s.error or "")[:60],
+                )
+                for s in detail.steps
+            ],
+        )
+    )
+    out.print(
+        table(
+            "Credits",
+            ["kind", "account", "amount", "at", "reason"],
+            [
+                (e.kind, e.account, e.amount, when(e.created_at), e.reason or "")
+                for e in detail.ledger
+            ],
+        )
+    )

@@ -76,7 +76,9 @@ class RolloutProvider(AbstractProvider):
     ) -> FlagResolutionDetails[str]:
         rules = self.snapshot()
         if self._refresh_error is not None:
-            return _error(default_value, ErrorCode.GENERAL, f"rollouts unreadable: {self._refresh_error}")
+            return _error(
+                default_value, ErrorCode.GENERAL, f"rollouts unreadable: {self._refresh_error}"
+            )
         rule = rules.get(flag_key)
         if rule is None:
             # No rollout row yet: the job has never been rolled out, so it stays on legacy.
@@ -88,20 +90,27 @@ class RolloutProvider(AbstractProvider):
             return _error(default_value, ErrorCode.TARGETING_KEY_MISSING, "targeting key missing")
         if key in rule.deny:
             return FlagResolutionDetails(
-                rule.off_variant, reason=Reason.TARGETING_MATCH, variant=OFF,
+                rule.off_variant,
+                reason=Reason.TARGETING_MATCH,
+                variant=OFF,
                 flag_metadata={"rule": "deny"},
-            )  # fmt: skip
+            )
         if key in rule.allow:
             return FlagResolutionDetails(
-                rule.on_variant, reason=Reason.TARGETING_MATCH, variant=ON,
+                rule.on_variant,
+                reason=Reason.TARGETING_MATCH,
+                variant=ON,
                 flag_metadata={"rule": "allow"},
-            )  # fmt: skip
+            )
         if in_rollout(flag_key, key, rule.basis_points):
             return FlagResolutionDetails(rule.on_variant, reason=Reason.SPLIT, variant=ON)
         return FlagResolutionDetails(rule.off_variant, reason=Reason.SPLIT, variant=OFF)
 
     def resolve_boolean_details(
-        self, flag_key: str, default_value: bool, evaluation_context: EvaluationContext | None = None
+        self,
+        flag_key: str,
+        default_value: bool,
+        evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[bool]:
         return _type_mismatch(default_value)
 
@@ -111,18 +120,23 @@ class RolloutProvider(AbstractProvider):
         return _type_mismatch(default_value)
 
     def resolve_float_details(
-        self, flag_key: str, default_value: float, evaluation_context: EvaluationContext | None = None
+        self,
+        flag_key: str,
+        default_value: float,
+        evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[float]:
         return _type_mismatch(default_value)
 
-    def resolve_object_details(  # type: ignore[override]
+    def resolve_object_details(
         self, flag_key: str, default_value: Any, evaluation_context: EvaluationContext | None = None
     ) -> FlagResolutionDetails[Any]:
         return _type_mismatch(default_value)
 
 
 def _error(default: Any, code: ErrorCode, message: str) -> FlagResolutionDetails[Any]:
-    return FlagResolutionDetails(default, reason=Reason.ERROR, error_code=code, error_message=message)
+    return FlagResolutionDetails(
+        default, reason=Reason.ERROR, error_code=code, error_message=message
+    )
 
 
 def _type_mismatch(default: Any) -> FlagResolutionDetails[Any]:

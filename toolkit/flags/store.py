@@ -23,7 +23,7 @@ _HUNDRED = Decimal(100)
 
 
 def parse_percentage(value: object) -> Decimal:
-    """0–100 with at most two decimals; anything else is an error that changes nothing."""
+    """0-100 with at most two decimals; anything else is an error that changes nothing."""
     if isinstance(value, bool):
         raise InvalidPercentage(f"invalid percentage {value!r}")
     if isinstance(value, float) and not math.isfinite(value):
@@ -105,9 +105,17 @@ class RolloutView:
 def unset(flag_key: str, on_variant: str) -> RolloutView:
     """What a job without a rollout row behaves as: 0%, everything on legacy."""
     return RolloutView(
-        flag_key, Decimal("0.00"), RolloutState.ACTIVE, on_variant, LEGACY,
-        frozenset(), frozenset(), 0, None, None,
-    )  # fmt: skip
+        flag_key,
+        Decimal("0.00"),
+        RolloutState.ACTIVE,
+        on_variant,
+        LEGACY,
+        frozenset(),
+        frozenset(),
+        0,
+        None,
+        None,
+    )
 
 
 class RolloutStore:
@@ -126,27 +134,51 @@ class RolloutStore:
     # --- changes ---------------------------------------------------------------------------
 
     def set_percentage(
-        self, flag_key: str, percentage: object, *, on_variant: str, actor: str, reason: str,
-        expected_version: int | None = None, action: str = "rollout.set",
-    ) -> RolloutView:  # fmt: skip
+        self,
+        flag_key: str,
+        percentage: object,
+        *,
+        on_variant: str,
+        actor: str,
+        reason: str,
+        expected_version: int | None = None,
+        action: str = "rollout.set",
+    ) -> RolloutView:
         pct = parse_percentage(percentage)
         return self._change(
-            flag_key, on_variant, actor, reason, action, expected_version,
+            flag_key,
+            on_variant,
+            actor,
+            reason,
+            action,
+            expected_version,
             lambda v: replace(v, percentage=pct),
-        )  # fmt: skip
+        )
 
     def set_state(
         self, flag_key: str, state: RolloutState, *, on_variant: str, actor: str, reason: str
     ) -> RolloutView:
         return self._change(
-            flag_key, on_variant, actor, reason, f"rollout.{state.value}", None,
+            flag_key,
+            on_variant,
+            actor,
+            reason,
+            f"rollout.{state.value}",
+            None,
             lambda v: replace(v, state=state.value),
-        )  # fmt: skip
+        )
 
     def set_listed(
-        self, flag_key: str, key: str, *, which: str, present: bool, on_variant: str,
-        actor: str, reason: str,
-    ) -> RolloutView:  # fmt: skip
+        self,
+        flag_key: str,
+        key: str,
+        *,
+        which: str,
+        present: bool,
+        on_variant: str,
+        actor: str,
+        reason: str,
+    ) -> RolloutView:
         """Add or remove ``key`` on the allow or deny list; a key is never on both."""
         _check_key(key)
         if which not in ("allow", "deny"):
@@ -154,11 +186,13 @@ class RolloutStore:
         other = "deny" if which == "allow" else "allow"
 
         def change(v: RolloutView) -> RolloutView:
-            mine: frozenset[str] = getattr(v, which)
-            theirs: frozenset[str] = getattr(v, other)
+            lists: dict[str, frozenset[str]] = {"allow": v.allow, "deny": v.deny}
             if present:
-                return replace(v, **{which: mine | {key}, other: theirs - {key}})
-            return replace(v, **{which: mine - {key}})
+                lists[which] = lists[which] | {key}
+                lists[other] = lists[other] - {key}
+            else:
+                lists[which] = lists[which] - {key}
+            return replace(v, allow=lists["allow"], deny=lists["deny"])
 
         action = f"rollout.{which}" if present else f"rollout.un{which}"
         return self._change(flag_key, on_variant, actor, reason, action, None, change)
@@ -188,9 +222,14 @@ class RolloutStore:
                 after = replace(after, version=before.version + 1, updated_by=actor)
                 self._write(s, before, after)
                 audit.record(
-                    s, actor=actor, action=action, target=flag_key,
-                    before=before.as_dict() if row else None, after=after.as_dict(), reason=reason,
-                )  # fmt: skip
+                    s,
+                    actor=actor,
+                    action=action,
+                    target=flag_key,
+                    before=before.as_dict() if row else None,
+                    after=after.as_dict(),
+                    reason=reason,
+                )
         except IntegrityError as exc:  # a concurrent first write created the row
             raise VersionConflict(f"rollout {flag_key!r} changed concurrently: retry") from exc
         return self.get(flag_key, on_variant=on_variant)
@@ -219,4 +258,3 @@ class RolloutStore:
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             raise VersionConflict(f"rollout {before.flag_key!r} changed concurrently: retry")
-

@@ -14,7 +14,6 @@ if engine is None:  # plain `alembic` command line: sqlalchemy.url from alembic.
     engine = create_engine(config.get_main_option("sqlalchemy.url") or "sqlite:///toolkit.db")
 
 
-
 def _ours(name: str | None, type_: str, _parent: object) -> bool:
     """Only toolkit tables: the host application's own tables share the database."""
     if type_ == "table":
