@@ -10,6 +10,7 @@ from openfeature.evaluation_context import EvaluationContext
 from openfeature.flag_evaluation import FlagResolutionDetails
 from openfeature.provider import AbstractProvider, Metadata
 from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 
 from tests.conftest import make_toolkit
@@ -298,3 +299,44 @@ def test_thread_mode_returns_at_once_and_close_drains(db_url: str) -> None:
         assert {check.runs.get(h.run_id).status for h in handles} == {RunStatus.COMPLETED}
     finally:
         check.close()
+
+
+def test_dispatch_makes_no_flag_query(tk: Toolkit, parked: ParkedBackend) -> None:
+    @tk.job("hot", target="parked")
+    def hot(ctx: object, payload: object) -> None:
+        return None
+
+    tk.set_rollout("hot", 50, reason="half")
+    tk.route("hot", "warm-up")  # the snapshot is loaded once here
+    statements: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        statements.append(statement)
+
+    sa_event.listen(tk.db.engine, "before_cursor_execute", record)
+    try:
+        for i in range(50):
+            tk.dispatch("hot", None, key=f"user-{i}")
+    finally:
+        sa_event.remove(tk.db.engine, "before_cursor_execute", record)
+    rollout_reads = [s for s in statements if "toolkit_rollouts" in s]
+    assert len(rollout_reads) <= 1  # at most one refresh if the 1 s window rolled over
+
+
+def test_a_change_reaches_another_process_within_a_second(db_url: str) -> None:
+    writer, reader = make_toolkit(db_url), make_toolkit(db_url)
+    try:
+        for tk in (writer, reader):
+            tk.use_backend("parked", ParkedBackend(tk))
+            register_session_job(tk, Calls(), cost=0, target="parked")
+        writer.set_rollout("prediction-session", 100, reason="all")
+        time.sleep(1.05)
+        assert reader.route("prediction-session", "u1").backend == "parked"
+        writer.rollback("prediction-session", reason="incident")
+        changed_at = time.monotonic()
+        while reader.route("prediction-session", "u1").backend != "legacy":
+            assert time.monotonic() - changed_at < 1.1, "rollback not visible within a second"
+            time.sleep(0.01)
+    finally:
+        writer.close()
+        reader.close()

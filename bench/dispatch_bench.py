@@ -1,0 +1,476 @@
+"""Dispatch throughput on PostgreSQL: tk.dispatch / tk.dispatch_many versus a plain INSERT.
+
+Run: ``python bench/dispatch_bench.py`` (add ``--json`` for machine-readable output).
+
+It drops and recreates its own scratch database (``toolkit_bench`` by default, created through an
+autocommit connection to the ``test`` database, whose tables are never touched), migrates it,
+and times, interleaved round by round in a rotated order:
+
+single run per call (one transaction per run on the raw side):
+* ``dispatch legacy-blocking``  - job at 0 % -> legacy backend in blocking mode: the full path,
+                                  record the run, then execute it in the caller (claim, run the
+                                  no-op, complete) and re-read it for the handle.
+* ``dispatch record-only``      - job at 100 % -> a registered no-op backend: routing plus the
+                                  recording transaction only.
+* ``dispatch record+debit``     - as above with ``cost=1``: the credit debit commits in the
+                                  same transaction as the run.
+* ``raw psycopg INSERT``        - the same row into toolkit_runs through psycopg, 1 txn each.
+* ``raw psycopg INSERT+debit``  - the row, the conditional balance UPDATE and the ledger INSERT.
+* ``raw Core INSERT``           - SQLAlchemy Core ``insert(Run)`` on a default engine.
+* ``raw Core INSERT pre_ping``  - the same on an engine with ``pool_pre_ping=True``, the setting
+                                  the toolkit's engine uses (isolates that cost).
+
+batches (one transaction per batch on the raw side), for each ``--batch-sizes`` value:
+``dispatch_many`` legacy-blocking / record-only / record+debit versus ``executemany`` through
+psycopg (with and without the debit) and through SQLAlchemy Core.
+
+Reported: the median over rounds of each variant's runs/s, and toolkit rate / raw rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Json
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import create_engine, insert
+from sqlalchemy.engine import Engine
+
+from toolkit import DispatchRequest, Toolkit
+from toolkit.backends.base import BaseBackend, SubmittedRun
+from toolkit.models import Run
+
+ACCOUNT = "bench-account"
+LEGACY_JOB = "noop"
+RECORD_JOB = "noop-job"
+COST_JOB = "noop-cost"
+
+RUN_COLUMNS = (
+    "id", "job", "idempotency_key", "targeting_key", "backend", "status", "payload", "attempts",
+    "account", "cost", "route_reason", "recoveries", "created_at",
+)  # fmt: skip
+INSERT_RUN = (
+    f"INSERT INTO toolkit_runs ({', '.join(RUN_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(RUN_COLUMNS))})"
+)
+SPEND = (
+    "UPDATE toolkit_credit_accounts SET balance = balance - %s, updated_at = %s "
+    "WHERE account = %s AND balance >= %s"
+)
+INSERT_DEBIT = (
+    "INSERT INTO toolkit_credit_ledger (account, run_id, kind, amount, created_at) "
+    "VALUES (%s, %s, 'DEBIT', %s, %s)"
+)
+
+
+class NoopBackend(BaseBackend):
+    """Takes a run and does nothing: dispatch then costs routing plus recording only."""
+
+    name = "noop"
+
+    def _send(self, run: SubmittedRun) -> None:
+        pass
+
+
+# --- rows for the raw side -------------------------------------------------------------------
+
+
+def run_row(i: int, *, job: str, cost: int = 0) -> dict[str, Any]:
+    """What Dispatcher._row writes for a routed run, built independently."""
+    run_id = uuid.uuid4()
+    return {
+        "id": run_id, "job": job, "idempotency_key": None, "targeting_key": str(run_id),
+        "backend": "noop", "status": "QUEUED", "payload": {"i": i}, "attempts": 0,
+        "account": ACCOUNT if cost else None, "cost": cost, "route_reason": "SPLIT",
+        "recoveries": 0, "created_at": datetime.now(UTC),
+    }  # fmt: skip
+
+
+def run_params(row: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(Json(row[c]) if c == "payload" else row[c] for c in RUN_COLUMNS)
+
+
+# --- the measured operations -----------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    tk: Toolkit
+    pg: psycopg.Connection[Any]
+    core: Engine
+    core_ping: Engine
+
+    # single ------------------------------------------------------------------------------
+    def dispatch_legacy(self, n: int) -> None:
+        for i in range(n):
+            self.tk.dispatch(LEGACY_JOB, {"i": i})
+
+    def dispatch_record(self, n: int) -> None:
+        for i in range(n):
+            self.tk.dispatch(RECORD_JOB, {"i": i})
+
+    def dispatch_debit(self, n: int) -> None:
+        for i in range(n):
+            self.tk.dispatch(COST_JOB, {"i": i}, account=ACCOUNT)
+
+    def raw_insert(self, n: int) -> None:
+        pg = self.pg
+        for i in range(n):
+            pg.execute(INSERT_RUN, run_params(run_row(i, job="raw")))
+            pg.commit()
+
+    def raw_insert_debit(self, n: int) -> None:
+        pg = self.pg
+        for i in range(n):
+            row = run_row(i, job="raw-cost", cost=1)
+            pg.execute(INSERT_RUN, run_params(row))
+            now = datetime.now(UTC)
+            if pg.execute(SPEND, (1, now, ACCOUNT, 1)).rowcount != 1:
+                raise RuntimeError("insufficient credits")
+            pg.execute(INSERT_DEBIT, (ACCOUNT, row["id"], 1, now))
+            pg.commit()
+
+    def _core_insert(self, engine: Engine, n: int) -> None:
+        for i in range(n):
+            with engine.begin() as conn:
+                conn.execute(insert(Run), [run_row(i, job="raw-core")])
+
+    def core_insert(self, n: int) -> None:
+        self._core_insert(self.core, n)
+
+    def core_insert_ping(self, n: int) -> None:
+        self._core_insert(self.core_ping, n)
+
+    # batch -------------------------------------------------------------------------------
+    def many_legacy(self, n: int) -> None:
+        self.tk.dispatch_many(LEGACY_JOB, [{"i": i} for i in range(n)])
+
+    def many_record(self, n: int) -> None:
+        self.tk.dispatch_many(RECORD_JOB, [{"i": i} for i in range(n)])
+
+    def many_debit(self, n: int) -> None:
+        reqs = [DispatchRequest({"i": i}, account=ACCOUNT) for i in range(n)]
+        self.tk.dispatch_many(COST_JOB, reqs)
+
+    def raw_many(self, n: int) -> None:
+        rows = [run_params(run_row(i, job="raw")) for i in range(n)]
+        with self.pg.cursor() as cur:
+            cur.executemany(INSERT_RUN, rows)
+        self.pg.commit()
+
+    def raw_many_debit(self, n: int) -> None:
+        rows = [run_row(i, job="raw-cost", cost=1) for i in range(n)]
+        now = datetime.now(UTC)
+        with self.pg.cursor() as cur:
+            cur.executemany(INSERT_RUN, [run_params(r) for r in rows])
+            if cur.execute(SPEND, (n, now, ACCOUNT, n)).rowcount != 1:
+                raise RuntimeError("insufficient credits")
+            cur.executemany(INSERT_DEBIT, [(ACCOUNT, r["id"], 1, now) for r in rows])
+        self.pg.commit()
+
+    def core_many(self, n: int) -> None:
+        rows = [run_row(i, job="raw-core") for i in range(n)]
+        with self.core.begin() as conn:
+            conn.execute(insert(Run), rows)
+
+
+SINGLE: list[tuple[str, str]] = [
+    ("dispatch legacy-blocking", "dispatch_legacy"),
+    ("dispatch record-only", "dispatch_record"),
+    ("dispatch record+debit", "dispatch_debit"),
+    ("raw psycopg INSERT", "raw_insert"),
+    ("raw psycopg INSERT+debit", "raw_insert_debit"),
+    ("raw Core INSERT", "core_insert"),
+    ("raw Core INSERT pre_ping", "core_insert_ping"),
+]
+BATCH: list[tuple[str, str]] = [
+    ("dispatch_many legacy-blocking", "many_legacy"),
+    ("dispatch_many record-only", "many_record"),
+    ("dispatch_many record+debit", "many_debit"),
+    ("raw psycopg executemany", "raw_many"),
+    ("raw psycopg executemany+debit", "raw_many_debit"),
+    ("raw Core executemany", "core_many"),
+]
+# (toolkit variant, raw baseline): the ratio reported is toolkit runs/s / raw runs/s.
+SINGLE_RATIOS = [
+    ("dispatch legacy-blocking", "raw psycopg INSERT"),
+    ("dispatch record-only", "raw psycopg INSERT"),
+    ("dispatch record-only", "raw Core INSERT"),
+    ("dispatch record+debit", "raw psycopg INSERT+debit"),
+    ("raw Core INSERT pre_ping", "raw Core INSERT"),
+]
+BATCH_RATIOS = [
+    ("dispatch_many legacy-blocking", "raw psycopg executemany"),
+    ("dispatch_many record-only", "raw psycopg executemany"),
+    ("dispatch_many record-only", "raw Core executemany"),
+    ("dispatch_many record+debit", "raw psycopg executemany+debit"),
+]
+
+
+# --- setup -----------------------------------------------------------------------------------
+
+
+def recreate_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+
+
+def setup(args: argparse.Namespace) -> Bench:
+    recreate_database(f"{args.pg}/{args.admin_db}", args.db)
+    url = f"{args.pg.replace('postgresql://', 'postgresql+psycopg://')}/{args.db}"
+    tk = Toolkit(url, legacy_mode="blocking")
+    tk.migrate()
+
+    def noop(ctx: Any, payload: Any) -> None:
+        return None
+
+    tk.job(LEGACY_JOB, target="inngest")(noop)
+    tk.job(RECORD_JOB, target="noop")(noop)
+    tk.job(COST_JOB, target="noop", cost=1)(noop)
+    tk.use_backend("noop", NoopBackend(tk))
+    tk.set_rollout(LEGACY_JOB, 0, reason="bench: everything on legacy")
+    tk.set_rollout(RECORD_JOB, 100, reason="bench: everything on the no-op backend")
+    tk.set_rollout(COST_JOB, 100, reason="bench: everything on the no-op backend")
+    tk.credits.grant(ACCOUNT, 10**15, reason="bench")
+
+    # Routing sanity: the variants really take the paths they are named after.
+    assert tk.dispatch(LEGACY_JOB, {"i": -1}).status == "COMPLETED"
+    assert tk.dispatch(RECORD_JOB, {"i": -1}).backend == "noop"
+    assert tk.dispatch(COST_JOB, {"i": -1}, account=ACCOUNT).backend == "noop"
+
+    raw_url = f"{args.pg}/{args.db}"
+    return Bench(
+        tk=tk,
+        pg=psycopg.connect(raw_url),
+        core=create_engine(url),
+        core_ping=create_engine(url, pool_pre_ping=True),
+    )
+
+
+# --- measurement -----------------------------------------------------------------------------
+
+
+def rotated(items: list[Any], r: int) -> list[Any]:
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+def timed(fn: Callable[[int], None], n: int) -> float:
+    start = time.perf_counter()
+    fn(n)
+    return time.perf_counter() - start
+
+
+def stats(samples: list[float], n: int) -> dict[str, float]:
+    med = statistics.median(samples)
+    return {
+        "runs_per_s": n / med,
+        "us_per_run": med / n * 1e6,
+        "min_runs_per_s": n / max(samples),
+        "max_runs_per_s": n / min(samples),
+        "median_block_s": med,
+    }
+
+
+def sanity(bench: Bench) -> dict[str, Any]:
+    with bench.pg.cursor() as cur:
+        by = cur.execute(
+            "SELECT job, backend, status, count(*) FROM toolkit_runs "
+            "GROUP BY job, backend, status ORDER BY 1, 2, 3"
+        ).fetchall()
+        debits = cur.execute(
+            "SELECT count(*), coalesce(sum(amount), 0) FROM toolkit_credit_ledger "
+            "WHERE kind = 'DEBIT'"
+        ).fetchone()
+        cost_runs = cur.execute("SELECT count(*) FROM toolkit_runs WHERE cost > 0").fetchone()
+    bench.pg.commit()
+    grants = 10**15
+    balance = bench.tk.credits.balance(ACCOUNT)
+    return {
+        "runs": [{"job": j, "backend": b, "status": s, "count": c} for j, b, s, c in by],
+        "debit_entries": debits[0] if debits else None,
+        "runs_with_cost": cost_runs[0] if cost_runs else None,
+        "balance_consistent": balance == grants - (debits[1] if debits else 0),
+    }
+
+
+def profile(bench: Bench, n_single: int, n_batch: int, top: int) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for label, fn, n in (
+        (f"tk.dispatch record-only x {n_single}", bench.dispatch_record, n_single),
+        (f"tk.dispatch legacy-blocking x {n_single}", bench.dispatch_legacy, n_single),
+        (f"tk.dispatch_many record-only, batch of {n_batch}", bench.many_record, n_batch),
+    ):
+        prof = cProfile.Profile()
+        prof.enable()
+        fn(n)
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+        out[label] = buf.getvalue()
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    bench = setup(args)
+    try:
+        groups: list[tuple[str, int, list[tuple[str, str]]]] = [("single", args.ops, SINGLE)]
+        groups += [(f"batch {size}", size, BATCH) for size in args.batch_sizes]
+        # Warm-up: connections, prepared statements, caches, code paths.
+        for _, _, variants in groups:
+            for _, method in variants:
+                getattr(bench, method)(5)
+
+        samples: dict[str, dict[str, list[float]]] = {
+            g: {name: [] for name, _ in variants} for g, _, variants in groups
+        }
+        started = time.perf_counter()
+        for r in range(args.rounds):
+            for group, n, variants in rotated(groups, r):
+                for name, method in rotated(variants, r):
+                    samples[group][name].append(timed(getattr(bench, method), n))
+        elapsed = time.perf_counter() - started
+
+        results: dict[str, Any] = {}
+        for group, n, variants in groups:
+            per = {name: stats(samples[group][name], n) for name, _ in variants}
+            pairs = SINGLE_RATIOS if group == "single" else BATCH_RATIOS
+            ratios = [
+                {
+                    "toolkit": a,
+                    "raw": b,
+                    "ratio": per[a]["runs_per_s"] / per[b]["runs_per_s"],
+                    "paired_ratio": statistics.median(
+                        tb / ta for ta, tb in zip(samples[group][a], samples[group][b], strict=True)
+                    ),
+                }
+                for a, b in pairs
+            ]
+            results[group] = {"runs_per_block": n, "variants": per, "ratios": ratios}
+        check = sanity(bench)
+        prof = profile(bench, args.ops, max(args.batch_sizes), args.profile_top) if (
+            args.profile
+        ) else None  # fmt: skip
+    finally:
+        bench.pg.close()
+        bench.core.dispose()
+        bench.core_ping.dispose()
+        bench.tk.close()
+
+    return {
+        "benchmark": "dispatch",
+        "date": date.today().isoformat(),
+        "python": platform.python_version(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "postgres": args.pg + "/" + args.db,
+        "config": {
+            "rounds": args.rounds,
+            "ops": args.ops,
+            "batch_sizes": args.batch_sizes,
+            "timed_seconds": elapsed,
+        },
+        "groups": results,
+        "sanity": check,
+        "samples_s": samples,
+        "profile": prof,
+    }
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def render(result: dict[str, Any], console: Console) -> None:
+    cfg = result["config"]
+    for group, data in result["groups"].items():
+        n = data["runs_per_block"]
+        what = f"{n} calls of tk.dispatch" if group == "single" else f"one call with {n} runs"
+        table = Table(title=f"{group}: {what} per block, median of {cfg['rounds']} rounds")
+        table.add_column("variant")
+        table.add_column("runs/s", justify="right")
+        table.add_column("µs/run", justify="right")
+        table.add_column("min-max runs/s", justify="right")
+        for name, row in data["variants"].items():
+            table.add_row(
+                name,
+                f"{row['runs_per_s']:,.0f}",
+                f"{row['us_per_run']:,.0f}",
+                f"{row['min_runs_per_s']:,.0f}-{row['max_runs_per_s']:,.0f}",
+            )
+        console.print(table)
+        ratios = Table(title=f"{group}: ratios (rate / rate, same run)")
+        ratios.add_column("variant")
+        ratios.add_column("baseline")
+        ratios.add_column("ratio of medians", justify="right")
+        ratios.add_column("median paired ratio", justify="right")
+        for row in data["ratios"]:
+            ratios.add_row(
+                row["toolkit"], row["raw"], f"{row['ratio']:.3f}x", f"{row['paired_ratio']:.3f}x"
+            )
+        console.print(ratios)
+
+    check = result["sanity"]
+    console.print(
+        f"sanity: {check['debit_entries']} DEBIT ledger rows for {check['runs_with_cost']} "
+        f"runs with a cost; balance consistent with the ledger: {check['balance_consistent']}"
+    )
+    legacy = [r for r in check["runs"] if r["job"] == LEGACY_JOB]
+    console.print(
+        "legacy runs by status: "
+        + ", ".join(f"{r['backend']}/{r['status']}={r['count']}" for r in legacy)
+    )
+    console.print(f"timed section: {cfg['timed_seconds']:.1f} s")
+    for label, text in (result.get("profile") or {}).items():
+        console.print(f"cProfile: {label} (sorted by tottime)")
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432",
+                        help="server URL without a database")  # fmt: skip
+    parser.add_argument("--admin-db", default="test", help="database to connect to for CREATE")
+    parser.add_argument("--db", default="toolkit_bench", help="scratch database (recreated)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--ops", type=int, default=100, help="tk.dispatch calls per block")
+    parser.add_argument("--batch-sizes", default="100,1000",
+                        help="comma-separated dispatch_many sizes")  # fmt: skip
+    parser.add_argument("--profile", action="store_true", help="cProfile the toolkit paths")
+    parser.add_argument("--profile-top", type=int, default=25)
+    parser.add_argument("--json", action="store_true", help="print JSON only")
+    args = parser.parse_args(argv)
+    args.batch_sizes = [int(s) for s in str(args.batch_sizes).split(",") if s.strip()]
+    if args.db == args.admin_db:
+        parser.error("--db must differ from --admin-db: it is dropped and recreated")
+    if args.rounds < 1 or args.ops < 1 or not args.batch_sizes:
+        parser.error("--rounds, --ops and --batch-sizes must be positive")
+
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=140)
+        render(result, console)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
