@@ -102,22 +102,30 @@ class Runtime:
                 return result.outcome
             sleep(result.delay)
 
-    def run_attempt(self, run_id: uuid.UUID) -> AttemptResult:
+    def run_attempt(self, run_id: uuid.UUID, *, take_over: bool = False) -> AttemptResult:
         """Claim the run, execute its job function once, record what happened."""
-        claim = self.claim(run_id)
+        claim = self.claim(run_id, take_over=take_over)
         if claim is None:
             return AttemptResult(Outcome.SKIPPED)
         return self.attempt(claim)
 
     # --- transitions ------------------------------------------------------------------------
 
-    def claim(self, run_id: uuid.UUID) -> Claim | None:
-        """QUEUED → RUNNING, counting the attempt. None if another worker or a final state won."""
+    def claim(self, run_id: uuid.UUID, *, take_over: bool = False) -> Claim | None:
+        """QUEUED → RUNNING, counting the attempt. None if another worker or a final state won.
+
+        ``take_over`` also claims a RUNNING run: for a transport that knows its previous holder
+        died (a broker redelivering an unacknowledged message). The attempt number moves on, so
+        the old holder, if it is still alive after all, is fenced out at its next step.
+        """
         now = utcnow()
+        claimable = [RunStatus.QUEUED.value]
+        if take_over:
+            claimable.append(RunStatus.RUNNING.value)
         with self.db.transaction() as s:
             row = s.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
+                .where(Run.id == run_id, Run.status.in_(claimable))
                 .values(
                     status=RunStatus.RUNNING,
                     attempts=Run.attempts + 1,

@@ -175,3 +175,18 @@ def test_unserializable_step_output_fails_the_run_clearly(tk: Toolkit) -> None:
     run = tk.runs.get(tk.dispatch("bad-output", None).run_id)
     assert run.status == RunStatus.FAILED and run.attempts == 1
     assert "not JSON-serializable" in (run.error or "")
+
+
+def test_take_over_fences_the_previous_holder(tk: Toolkit, parked: ParkedBackend) -> None:
+    calls = Calls()
+    register_session_job(tk, calls, name="redelivered", cost=0, target="parked")
+    tk.set_rollout("redelivered", 100, reason="test")
+    run_id = tk.dispatch("redelivered", SESSION).run_id
+    first = tk.runtime.claim(run_id)
+    assert first is not None and tk.runtime.claim(run_id) is None
+    second = tk.runtime.claim(run_id, take_over=True)  # the broker says the holder died
+    assert second is not None and second.attempt == first.attempt + 1
+    assert not tk.runtime.complete(run_id, first.attempt, "stale result")
+    assert tk.runtime.complete(run_id, second.attempt, "fresh result")
+    assert tk.runs.get(run_id).result == "fresh result"
+    assert tk.runtime.claim(run_id, take_over=True) is None  # terminal: nobody takes it over

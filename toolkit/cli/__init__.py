@@ -39,11 +39,15 @@ def cli(ctx: click.Context, app_spec: str | None, database_url: str | None) -> N
     ctx.call_on_close(obj.close)
 
 
-def _register() -> None:
-    from toolkit.cli import audit, credits, db, rollout, runs
+# One module per command group, each exposing ``group``; add new groups here.
+COMMAND_MODULES = ("db", "rollout", "runs", "audit", "credits")
 
-    for module in (db, rollout, runs, audit, credits):
-        cli.add_command(module.group)
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        cli.add_command(importlib.import_module(f"toolkit.cli.{name}").group)
 
 
 _register()
