@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+CODE   := $(wildcard toolkit tests bench scripts examples)
 
 .PHONY: test lint format bench clean
 
@@ -14,18 +15,18 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check toolkit tests bench scripts examples
+	$(VENV)/bin/ruff check $(CODE)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check toolkit tests bench scripts examples
-	$(VENV)/bin/ruff format --check toolkit tests bench scripts examples
+	$(VENV)/bin/ruff check $(CODE)
+	$(VENV)/bin/ruff format --check $(CODE)
 	$(VENV)/bin/mypy
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format toolkit tests bench scripts examples
-	$(VENV)/bin/ruff check --fix toolkit tests bench scripts examples
+	$(VENV)/bin/ruff format $(CODE)
+	$(VENV)/bin/ruff check --fix $(CODE)
 
 bench: $(STAMP)
 	$(PY) bench/flags_bench.py
