@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from toolkit.db import Database
 from toolkit.errors import InsufficientCredits, InvalidInput
-from toolkit.models import CreditAccount, CreditEntry, LedgerKind, utcnow
+from toolkit.models import CreditAccount, CreditEntry, LedgerKind, Run, RunStatus, utcnow
 
 
 def _check_amount(amount: object) -> int:
@@ -97,10 +97,18 @@ class Credits:
             raise InsufficientCredits(account, amount, self._balance(s, account))
 
     def refund_in(self, s: Session, run_id: uuid.UUID, *, reason: str | None = None) -> bool:
-        """Refund a run's debit once; True if this call refunded, False if nothing was owed."""
+        """Refund a run's debit once; True if this call refunded, False if nothing was owed.
+
+        Only a FAILED or CANCELLED run is owed anything: a queued, running or completed run
+        keeps its debit, whoever asks.
+        """
         debit = s.execute(
-            select(CreditEntry.account, CreditEntry.amount).where(
-                CreditEntry.run_id == run_id, CreditEntry.kind == LedgerKind.DEBIT
+            select(CreditEntry.account, CreditEntry.amount)
+            .join(Run, Run.id == CreditEntry.run_id)
+            .where(
+                CreditEntry.run_id == run_id,
+                CreditEntry.kind == LedgerKind.DEBIT,
+                Run.status.in_([RunStatus.FAILED.value, RunStatus.CANCELLED.value]),
             )
         ).one_or_none()
         if debit is None:

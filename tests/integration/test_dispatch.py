@@ -314,13 +314,16 @@ def test_dispatch_makes_no_flag_query(tk: Toolkit, parked: ParkedBackend) -> Non
         statements.append(statement)
 
     sa_event.listen(tk.db.engine, "before_cursor_execute", record)
+    started = time.monotonic()
     try:
         for i in range(50):
             tk.dispatch("hot", None, key=f"user-{i}")
     finally:
         sa_event.remove(tk.db.engine, "before_cursor_execute", record)
+    elapsed = time.monotonic() - started
     rollout_reads = [s for s in statements if "toolkit_rollouts" in s]
-    assert len(rollout_reads) <= 1  # at most one refresh if the 1 s window rolled over
+    # One refresh per elapsed second of the 1 s window at most, not one per dispatch (50).
+    assert len(rollout_reads) <= 1 + int(elapsed), (len(rollout_reads), elapsed)
 
 
 def test_a_change_reaches_another_process_within_a_second(db_url: str) -> None:
