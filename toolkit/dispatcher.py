@@ -19,6 +19,7 @@ from openfeature.client import OpenFeatureClient
 from openfeature.evaluation_context import EvaluationContext
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from toolkit.backends.base import BaseBackend, SubmittedRun
 from toolkit.errors import BackendUnavailable, InvalidInput, InvalidPayload
@@ -46,6 +47,16 @@ class Route:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Reroute:
+    """A recovered run, moved back to QUEUED on the backend the flag chose again."""
+
+    run: SubmittedRun
+    route: Route
+    previous_backend: str
+    recovery: int  # the run's recovery count, this one included
 
 
 @dataclass(frozen=True)
@@ -201,7 +212,13 @@ class Dispatcher:
                 handles.append(None)
                 fresh.append((run_id, request, route))
             if fresh:
-                s.execute(insert(Run), [self._row(job, r, i, ro) for i, r, ro in fresh])
+                # Insert in idempotency-key order: two batches sharing keys then take the unique
+                # index's locks in the same order, so they wait on each other, never deadlock.
+                rows = [self._row(job, r, i, ro) for i, r, ro in fresh]
+                rows.sort(
+                    key=lambda row: (row["idempotency_key"] is None, row["idempotency_key"] or "")
+                )
+                s.execute(insert(Run), rows)
                 if job.cost:
                     self._debit_batch(s, job, fresh)
         return handles, fresh
@@ -245,19 +262,22 @@ class Dispatcher:
                 _toolkit=self._tk,
             )
             submitted = SubmittedRun(run_id, job, request.payload, request.key or str(run_id))
-            backend = self._backend(route.backend)
-            try:
-                backend.submit(submitted)
-            except BackendUnavailable as exc:
-                self._fallback(job, submitted, handle, exc)
-            if (
-                handle.backend == LEGACY
-                and handle.status == RunStatus.QUEUED.value
-                and (self._tk.legacy.mode == "blocking")
-            ):
-                handle.refresh()  # it ran inline: report where it ended, as the old code did
+            self._hand_over(job, submitted, handle)
             handles.append(handle)
         return handles
+
+    def _hand_over(self, job: JobSpec, submitted: SubmittedRun, handle: RunHandle) -> None:
+        backend = self._backend(handle.backend)
+        try:
+            backend.submit(submitted)
+        except BackendUnavailable as exc:
+            self._fallback(job, submitted, handle, exc)
+        if (
+            handle.backend == LEGACY
+            and handle.status == RunStatus.QUEUED.value
+            and (self._tk.legacy.mode == "blocking")
+        ):
+            handle.refresh()  # it ran inline: report where it ended, as the old code did
 
     def _fallback(
         self, job: JobSpec, run: SubmittedRun, handle: RunHandle, exc: BackendUnavailable
@@ -285,6 +305,73 @@ class Dispatcher:
                     reason = f"{reason}; legacy fallback also failed: {again}"
         self._tk.runtime.fail(run.run_id, f"not submitted: {reason}", expected=(RunStatus.QUEUED,))
         handle.status, handle.error = RunStatus.FAILED.value, f"not submitted: {reason}"
+
+    # --- recovery: the same run, submitted again ----------------------------------------------
+
+    def reroute_in(
+        self, s: Session, run_id: uuid.UUID, *, status: str, recoveries: int, attempts: int
+    ) -> Reroute | None:
+        """Recovery, in the caller's transaction: route a stuck run again, under the same id.
+
+        The backend is chosen by the flag *now*, for the run's targeting key (after a rollback
+        the orphans of the new backend go to legacy). One conditional UPDATE, matching the
+        status, recovery count and attempt the caller saw, moves the run to QUEUED on that
+        backend and counts the recovery; None if the run moved meanwhile. A RUNNING run's old
+        attempt, if it is alive after all, is fenced out at its next step. Submit the result
+        with :meth:`resubmit` after the transaction commits.
+        """
+        row = s.execute(
+            select(Run.job, Run.payload, Run.targeting_key, Run.backend).where(Run.id == run_id)
+        ).one_or_none()
+        if row is None:
+            return None
+        job = self._tk.jobs.get(row.job)
+        route = self.route(job, row.targeting_key)
+        reason = route.reason if route.error is None else f"{route.reason}: {route.error}"
+        moved = s.execute(
+            update(Run)
+            .where(
+                Run.id == run_id,
+                Run.status == status,
+                Run.recoveries == recoveries,
+                Run.attempts == attempts,
+            )
+            .values(
+                status=RunStatus.QUEUED.value,
+                backend=route.backend,
+                recoveries=recoveries + 1,
+                next_attempt_at=utcnow(),
+                route_reason=f"recovery {recoveries + 1}: {reason}"[:500],
+            )
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        submitted = SubmittedRun(run_id, job, row.payload, row.targeting_key)
+        return Reroute(submitted, route, row.backend, recoveries + 1)
+
+    def resubmit(self, reroute: Reroute) -> RunHandle:
+        """Hand a rerouted run over again; the job's fallback policy applies as at dispatch."""
+        run, route = reroute.run, reroute.route
+        handle = RunHandle(
+            run.run_id,
+            run.job.name,
+            route.backend,
+            RunStatus.QUEUED.value,
+            route_reason=f"recovery {reroute.recovery}: {route.reason}",
+            _toolkit=self._tk,
+        )
+        self._hand_over(run.job, run, handle)
+        return handle
+
+    def redispatch(
+        self, run_id: uuid.UUID, *, status: str, recoveries: int, attempts: int
+    ) -> RunHandle | None:
+        """:meth:`reroute_in` in a transaction of its own, then :meth:`resubmit`."""
+        with self._tk.db.transaction() as s:
+            reroute = self.reroute_in(
+                s, run_id, status=status, recoveries=recoveries, attempts=attempts
+            )
+        return None if reroute is None else self.resubmit(reroute)
 
     # --- helpers ---------------------------------------------------------------------------
 
