@@ -190,18 +190,18 @@ for _which in ("allow", "deny"):
 @_ACTOR
 @pass_ctx
 def kill(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
-    """Everything to legacy, allow list included, until resumed."""
+    """Everything to legacy, allow list included, until unkilled."""
     _show(obj.toolkit.set_killed(job, True, reason=reason, actor=actor), "killed")
 
 
-@group.command("resume")
+@group.command("unkill")
 @click.argument("job")
 @_REASON
 @_ACTOR
 @pass_ctx
-def resume(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
+def unkill(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
     """Lift a kill; the percentage and lists apply again."""
-    _show(obj.toolkit.set_killed(job, False, reason=reason, actor=actor), "resumed")
+    _show(obj.toolkit.set_killed(job, False, reason=reason, actor=actor), "unkilled")
 
 
 @group.command("explain")
