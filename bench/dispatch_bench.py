@@ -24,7 +24,9 @@ batches (one transaction per batch on the raw side), for each ``--batch-sizes`` 
 ``dispatch_many`` legacy-blocking / record-only / record+debit versus ``executemany`` through
 psycopg (with and without the debit) and through SQLAlchemy Core.
 
-Reported: the median over rounds of each variant's runs/s, and toolkit rate / raw rate.
+Reported: the median over rounds of each variant's runs/s, and toolkit rate / raw rate (ratio of
+medians and median of per-round paired ratios). Before each round (untimed) the toolkit tables
+are ANALYZEd, as autovacuum would (it is off on the benchmark server); see ``analyze``.
 """
 
 from __future__ import annotations
@@ -226,14 +228,16 @@ BATCH_RATIOS = [
 # --- setup -----------------------------------------------------------------------------------
 
 
-def recreate_database(admin_url: str, name: str) -> None:
+def recreate_database(admin_url: str, name: str, synchronous_commit: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{name}"')
+        # Only this scratch database; every session in it (toolkit and raw) gets the same value.
+        admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit TO {synchronous_commit}')
 
 
 def setup(args: argparse.Namespace) -> Bench:
-    recreate_database(f"{args.pg}/{args.admin_db}", args.db)
+    recreate_database(f"{args.pg}/{args.admin_db}", args.db, args.synchronous_commit)
     url = f"{args.pg.replace('postgresql://', 'postgresql+psycopg://')}/{args.db}"
     tk = Toolkit(url, legacy_mode="blocking")
     tk.migrate()
@@ -265,6 +269,19 @@ def setup(args: argparse.Namespace) -> Bench:
 
 
 # --- measurement -----------------------------------------------------------------------------
+
+
+def analyze(bench: Bench) -> None:
+    """What autovacuum would do (it is off on the benchmark server): refresh the statistics.
+
+    Without it, the generic plan PostgreSQL caches for a statement psycopg prepared (after 5
+    executions) while toolkit_runs was still nearly empty stays in use as the table grows; for
+    the claim/complete UPDATEs (``WHERE id = ... AND status = ...``) that plan scans
+    ``ix_toolkit_runs_status_created_at`` over every QUEUED row. ANALYZE invalidates it.
+    ``--no-analyze`` shows that effect.
+    """
+    bench.pg.execute("ANALYZE toolkit_runs, toolkit_credit_accounts, toolkit_credit_ledger")
+    bench.pg.commit()
 
 
 def rotated(items: list[Any], r: int) -> list[Any]:
@@ -328,11 +345,98 @@ def profile(bench: Bench, n_single: int, n_batch: int, top: int) -> dict[str, st
     return out
 
 
+WRAPPED = ("dispatch", "_validate", "route", "connect", "debit_in", "claim", "complete", "get",
+           "dispatch_many", "_insert_batch", "_submit")  # fmt: skip
+
+
+def breakdown(bench: Bench, n: int, batch: int) -> dict[str, dict[str, float]]:
+    """Median wall time of the pieces of one dispatch, timed by wrapping them on the instances.
+
+    Only instance attributes of this Toolkit are wrapped (nothing in toolkit/ is changed); the
+    wrappers cost about a microsecond each. ``pool checkout`` includes the pool_pre_ping
+    round trip the toolkit's engine does on every checkout.
+    """
+    tk = bench.tk
+    samples: dict[str, list[float]] = {}
+
+    def wrap(obj: Any, attr: str, label: str) -> None:
+        fn = getattr(obj, attr, None)
+        if fn is None:  # renamed in toolkit/: leave that piece out
+            return
+
+        def timed_call(*a: Any, **kw: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                samples.setdefault(label, []).append(time.perf_counter() - start)
+
+        setattr(obj, attr, timed_call)
+
+    wrap(tk.dispatcher, "dispatch", "tk.dispatch (total)")
+    wrap(tk.dispatcher, "_validate", "validate payload (json round trip)")
+    wrap(tk.dispatcher, "route", "route (OpenFeature evaluation)")
+    wrap(tk.db.engine.pool, "connect", "pool checkout incl. pre_ping")
+    wrap(tk.credits, "debit_in", "credits.debit_in (ORM UPDATE + add)")
+    wrap(tk.runtime, "claim", "runtime.claim (txn: 2 UPDATEs)")
+    wrap(tk.runtime, "complete", "runtime.complete (txn: UPDATE)")
+    wrap(tk.runs, "get", "handle.refresh -> runs.get (txn: SELECT)")
+    wrap(tk.dispatcher, "dispatch_many", "tk.dispatch_many (total)")
+    wrap(tk.dispatcher, "_insert_batch", "_insert_batch (txn: ORM bulk INSERT)")
+    wrap(tk.dispatcher, "_submit", "_submit (handles + backend.submit)")
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for label, fn in (
+            ("record-only", bench.dispatch_record),
+            ("record+debit", bench.dispatch_debit),
+            ("legacy-blocking", bench.dispatch_legacy),
+        ):
+            fn(5)
+            samples.clear()
+            fn(n)
+            out[label] = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+            out[label]["calls per dispatch: pool checkout"] = (
+                len(samples.get("pool checkout incl. pre_ping", [])) / n
+            )
+        for label, fn in (("raw psycopg INSERT", bench.raw_insert),
+                          ("raw psycopg INSERT+debit", bench.raw_insert_debit)):  # fmt: skip
+            fn(5)
+            each = []
+            for _ in range(n):
+                start = time.perf_counter()
+                fn(1)
+                each.append(time.perf_counter() - start)
+            out[label] = {"total": statistics.median(each) * 1e3}
+        # One batch: the pieces summed over the call and divided by the runs in it.
+        bench.many_record(batch)
+        samples.clear()
+        bench.many_record(batch)
+        out[f"dispatch_many record-only x{batch}, per run"] = {
+            k: sum(v) / batch * 1e3 for k, v in samples.items()
+        }
+        bench.raw_many(batch)
+        start = time.perf_counter()
+        bench.raw_many(batch)
+        out[f"raw psycopg executemany x{batch}, per run"] = {
+            "total": (time.perf_counter() - start) / batch * 1e3
+        }
+    finally:
+        for obj in (tk.dispatcher, tk.db.engine.pool, tk.credits, tk.runtime, tk.runs):
+            for attr in [a for a in WRAPPED if a in vars(obj)]:
+                delattr(obj, attr)
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()
     bench = setup(args)
     try:
         groups: list[tuple[str, int, list[tuple[str, str]]]] = [("single", args.ops, SINGLE)]
-        groups += [(f"batch {size}", size, BATCH) for size in args.batch_sizes]
+        for size in args.batch_sizes:
+            # dispatch_many on legacy-blocking executes every run in the caller, one after the
+            # other: its per-run cost is the single-dispatch cost, so big batches only take time.
+            variants = [v for v in BATCH if size <= args.legacy_batch_max or "legacy" not in v[0]]
+            groups.append((f"batch {size}", size, variants))
         # Warm-up: connections, prepared statements, caches, code paths.
         for _, _, variants in groups:
             for _, method in variants:
@@ -343,6 +447,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         started = time.perf_counter()
         for r in range(args.rounds):
+            if args.analyze:
+                analyze(bench)  # untimed
             for group, n, variants in rotated(groups, r):
                 for name, method in rotated(variants, r):
                     samples[group][name].append(timed(getattr(bench, method), n))
@@ -351,7 +457,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results: dict[str, Any] = {}
         for group, n, variants in groups:
             per = {name: stats(samples[group][name], n) for name, _ in variants}
-            pairs = SINGLE_RATIOS if group == "single" else BATCH_RATIOS
+            pairs = [
+                (a, b)
+                for a, b in (SINGLE_RATIOS if group == "single" else BATCH_RATIOS)
+                if a in per and b in per
+            ]
             ratios = [
                 {
                     "toolkit": a,
@@ -365,6 +475,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ]
             results[group] = {"runs_per_block": n, "variants": per, "ratios": ratios}
         check = sanity(bench)
+        if args.analyze:
+            analyze(bench)
+        parts = breakdown(bench, args.breakdown, max(args.batch_sizes)) if args.breakdown else None
         prof = profile(bench, args.ops, max(args.batch_sizes), args.profile_top) if (
             args.profile
         ) else None  # fmt: skip
@@ -378,9 +491,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "dispatch",
         "date": date.today().isoformat(),
         "python": platform.python_version(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
         "postgres": args.pg + "/" + args.db,
         "config": {
+            "analyze_each_round": args.analyze,
+            "synchronous_commit": args.synchronous_commit,
+            "legacy_batch_max": args.legacy_batch_max,
             "rounds": args.rounds,
             "ops": args.ops,
             "batch_sizes": args.batch_sizes,
@@ -388,6 +509,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "groups": results,
         "sanity": check,
+        "breakdown_ms": parts,
         "samples_s": samples,
         "profile": prof,
     }
@@ -435,7 +557,23 @@ def render(result: dict[str, Any], console: Console) -> None:
         "legacy runs by status: "
         + ", ".join(f"{r['backend']}/{r['status']}={r['count']}" for r in legacy)
     )
-    console.print(f"timed section: {cfg['timed_seconds']:.1f} s")
+    load = result["machine"]
+    console.print(
+        f"timed section: {cfg['timed_seconds']:.1f} s; synchronous_commit="
+        f"{cfg['synchronous_commit']} on the scratch database; ANALYZE before each round: "
+        f"{cfg['analyze_each_round']}; load average (1 min) "
+        f"{load['loadavg_before'][0]:.2f} before, {load['loadavg_after'][0]:.2f} after, "
+        f"{load['cpus']} CPUs"
+    )
+    if result.get("breakdown_ms"):
+        table = Table(title="where the time goes: ms, median per call (batch: mean per run)")
+        table.add_column("path")
+        table.add_column("piece")
+        table.add_column("ms", justify="right")
+        for path, pieces in result["breakdown_ms"].items():
+            for piece, ms in pieces.items():
+                table.add_row(path, piece, f"{ms:.3f}")
+        console.print(table)
     for label, text in (result.get("profile") or {}).items():
         console.print(f"cProfile: {label} (sorted by tottime)")
         console.print(text, markup=False, highlight=False, soft_wrap=True)
@@ -447,10 +585,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="server URL without a database")  # fmt: skip
     parser.add_argument("--admin-db", default="test", help="database to connect to for CREATE")
     parser.add_argument("--db", default="toolkit_bench", help="scratch database (recreated)")
-    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
-    parser.add_argument("--ops", type=int, default=100, help="tk.dispatch calls per block")
+    parser.add_argument("--rounds", type=int, default=11, help="interleaved rounds")
+    parser.add_argument("--ops", type=int, default=20, help="tk.dispatch calls per block")
     parser.add_argument("--batch-sizes", default="100,1000",
                         help="comma-separated dispatch_many sizes")  # fmt: skip
+    parser.add_argument("--legacy-batch-max", type=int, default=100,
+                        help="largest batch also timed through legacy-blocking")  # fmt: skip
+    parser.add_argument("--synchronous-commit", choices=("on", "off"), default="on",
+                        help="synchronous_commit of the scratch database")  # fmt: skip
+    parser.add_argument("--no-analyze", dest="analyze", action="store_false",
+                        help="skip the ANALYZE before each round (autovacuum's job)")  # fmt: skip
+    parser.add_argument("--breakdown", type=int, default=0, metavar="N",
+                        help="then time the pieces of N dispatches per path")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="cProfile the toolkit paths")
     parser.add_argument("--profile-top", type=int, default=25)
     parser.add_argument("--json", action="store_true", help="print JSON only")

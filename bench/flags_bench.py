@@ -13,9 +13,11 @@ Three providers answer the same string flag (``bench-job``, variants on=inngest 
                      split as ours (``toolkit.flags.bucketing.in_rollout``): like-for-like work.
 
 Each is measured through the OpenFeature client (``get_string_value``) and provider-only
-(``resolve_string_details``). Variants are interleaved: every round runs each variant once, in
-a rotated order, and the median per variant over the rounds is reported. The goal stated by
-the issue is ours >= 0.9x InMemoryProvider through the client.
+(``resolve_string_details``). Variants are interleaved: every round runs one block of each
+variant, in a rotated order. Per variant: the median block rate and the total rate (all evals
+over all blocks). Ratios: of medians, of totals, and the median of per-round (paired) ratios.
+The goal stated by the issue is ours >= 0.9x InMemoryProvider through the client; PASS needs
+both the total-time ratio (every refresh counted) and the paired ratio (robust to noise).
 """
 
 from __future__ import annotations
@@ -177,6 +179,39 @@ def profile_ours(client: Any, keys: list[str], top: int) -> str:
     return out.getvalue()
 
 
+def breakdown(tk: Toolkit, contexts: list[EvaluationContext], n: int) -> dict[str, float]:
+    """ns per call of the pieces of one RolloutProvider resolution (best of 5 loops of n).
+
+    Each figure includes the loop and lambda call overhead (the last row measures it).
+    """
+    provider = tk.provider
+    rule = provider.snapshot()[FLAG]  # type: ignore[attr-defined]
+    key = contexts[0].targeting_key or ""
+    bp = rule.basis_points
+    pieces: dict[str, Callable[[], object]] = {
+        "resolve_string_details (whole)": lambda: provider.resolve_string_details(
+            FLAG, "legacy", contexts[0]
+        ),
+        "snapshot() (ttl check)": provider.snapshot,  # type: ignore[attr-defined]
+        "RolloutView.killed (StrEnum ==)": lambda: rule.killed,
+        "RolloutView.basis_points (Decimal*100)": lambda: rule.basis_points,
+        "key in rule.deny / rule.allow": lambda: key in rule.deny or key in rule.allow,
+        "in_rollout (mmh3)": lambda: in_rollout(FLAG, key, bp),
+        "FlagResolutionDetails(...)": lambda: FlagResolutionDetails(
+            "legacy", reason=Reason.SPLIT, variant="off"
+        ),
+        "empty lambda (loop overhead)": lambda: None,
+    }
+    best = dict.fromkeys(pieces, float("inf"))
+    for _ in range(5):  # interleaved: each repetition times every piece once
+        for label, fn in pieces.items():
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[label] = min(best[label], time.perf_counter() - start)
+    return {label: secs / n * 1e9 for label, secs in best.items()}
+
+
 def summarize(samples: dict[str, list[float]], n: int) -> dict[str, dict[str, float]]:
     """Per variant: median block rate (robust to noise) and total rate (every eval counted)."""
     out = {}
@@ -215,6 +250,7 @@ def ratio_set(data: dict[str, dict[str, float]], samples: dict[str, list[float]]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()
     keys = [str(uuid.uuid4()) for _ in range(args.keys)]
     contexts = [EvaluationContext(targeting_key=k) for k in keys]
     with tempfile.TemporaryDirectory(prefix="toolkit-flags-bench-") as tmpdir:
@@ -247,6 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 block_ctx = _slice(contexts, r, args.provider_block)
                 for name in rotated(names, r):
                     provider_s[name].append(time_provider(providers[name], block_ctx))
+            parts = breakdown(tk, contexts, args.breakdown) if args.breakdown else None
             profile = profile_ours(clients["ours"], keys[:20_000], args.profile_top) if (
                 args.profile
             ) else None  # fmt: skip
@@ -261,13 +298,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "provider_vs_inmem_plain": ratio_set(provider, provider_s, "inmem-plain"),
         "provider_vs_inmem_split": ratio_set(provider, provider_s, "inmem-split"),
     }
-    headline = ratios["client_vs_inmem_plain"]["total"]
+    # PASS needs both: the total-time ratio (every eval and every refresh counted) and the
+    # median of per-round ratios (robust to the machine's noise) at or above the goal.
+    plain, split = ratios["client_vs_inmem_plain"], ratios["client_vs_inmem_split"]
     ours_time = client["ours"]["total_s"]
     return {
         "benchmark": "flags",
         "date": date.today().isoformat(),
         "python": platform.python_version(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(),
+        },
         "config": {
             "keys": args.keys,
             "block": args.block,
@@ -282,11 +326,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratios": ratios,
         "goal": {
             "ratio": GOAL,
-            "basis": "total-time rate ratio ours / inmem-plain through the client",
-            "measured": headline,
-            "pass": headline >= GOAL,
-            "measured_vs_split": ratios["client_vs_inmem_split"]["total"],
-            "pass_vs_split": ratios["client_vs_inmem_split"]["total"] >= GOAL,
+            "basis": "ours / inmem-plain through the client: total-time and paired ratios",
+            "measured_total": plain["total"],
+            "measured_paired": plain["paired"],
+            "pass": min(plain["total"], plain["paired"]) >= GOAL,
+            "measured_vs_split_total": split["total"],
+            "measured_vs_split_paired": split["paired"],
+            "pass_vs_split": min(split["total"], split["paired"]) >= GOAL,
         },
         "refreshes": {
             "count": refreshes,
@@ -295,6 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "share_of_ours_client_time": refresh_secs / ours_time if ours_time else None,
         },
         "agreement": agreement,
+        "breakdown_ns": parts,
         "samples_s": {"client": client_s, "provider_only": provider_s},
         "profile": profile,
     }
@@ -351,6 +398,11 @@ def render(result: dict[str, Any], console: Console) -> None:
         f"({ref['ours_client_seconds']:.2f} s of ours' timed blocks), mean {mean} each"
         + (f" = {share:.2%} of ours' timed client time" if share is not None else "")
     )
+    load = result["machine"]
+    console.print(
+        f"load average (1 min): {load['loadavg_before'][0]:.2f} before, "
+        f"{load['loadavg_after'][0]:.2f} after, {load['cpus']} CPUs"
+    )
     agree = result["agreement"]
     console.print(
         f"sanity: ours routes {agree['ours_on_share']:.2%} of {agree['keys']:,} keys to inngest; "
@@ -360,10 +412,22 @@ def render(result: dict[str, Any], console: Console) -> None:
     verdict = "[bold green]PASS[/]" if goal["pass"] else "[bold red]FAIL[/]"
     split_verdict = "PASS" if goal["pass_vs_split"] else "FAIL"
     console.print(
-        f"goal: ours >= {goal['ratio']}x InMemoryProvider through the client "
-        f"(total-time rates, refreshes included): {goal['measured']:.3f}x -> {verdict}  "
-        f"(like-for-like inmem-split: {goal['measured_vs_split']:.3f}x -> {split_verdict})"
+        f"goal: ours >= {goal['ratio']}x InMemoryProvider (plain) through the client, on both "
+        f"the total-time ratio {goal['measured_total']:.3f}x and the paired ratio "
+        f"{goal['measured_paired']:.3f}x -> {verdict}"
     )
+    console.print(
+        "      like-for-like InMemoryProvider (10 % split): total "
+        f"{goal['measured_vs_split_total']:.3f}x, paired {goal['measured_vs_split_paired']:.3f}x"
+        f" -> {split_verdict}"
+    )
+    if result.get("breakdown_ns"):
+        table = Table(title="RolloutProvider resolution, piece by piece (ns per call, best of 5)")
+        table.add_column("piece")
+        table.add_column("ns", justify="right")
+        for piece, ns in result["breakdown_ns"].items():
+            table.add_row(piece, f"{ns:,.0f}")
+        console.print(table)
     if result.get("profile"):
         console.print("cProfile of ours through the client, 20,000 evals (sorted by tottime):")
         console.print(result["profile"], markup=False, highlight=False, soft_wrap=True)
@@ -378,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=60, help="interleaved rounds per variant")
     parser.add_argument("--warmup", type=int, default=5_000, help="warm-up evals per variant")
+    parser.add_argument("--breakdown", type=int, default=0, metavar="N",
+                        help="time the pieces of a resolution, N calls each")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="cProfile ours through the client")
     parser.add_argument("--profile-top", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="print JSON only")

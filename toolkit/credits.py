@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from toolkit.db import Database
@@ -79,7 +79,15 @@ class Credits:
     def debit_in(self, s: Session, account: str, run_id: uuid.UUID, amount: int) -> None:
         """Debit one run; the (run, DEBIT) unique key makes a second debit impossible."""
         self.spend_in(s, account, amount)
-        s.add(CreditEntry(account=account, run_id=run_id, kind=LedgerKind.DEBIT, amount=amount))
+        s.execute(  # Core, not the ORM unit of work: this is on the dispatch hot path
+            insert(CreditEntry).values(
+                account=account,
+                run_id=run_id,
+                kind=LedgerKind.DEBIT.value,
+                amount=amount,
+                created_at=utcnow(),
+            )
+        )
 
     def spend_in(self, s: Session, account: str, amount: int) -> None:
         """Conditionally decrement: two concurrent debits can never both spend the same credits.

@@ -26,6 +26,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
             kwargs.setdefault("pool_pre_ping", True)
+            # No automatic server-side prepares: a generic plan cached while toolkit_runs was
+            # small scans the status index instead of the primary key once the table grows.
+            connect_args = dict(kwargs.pop("connect_args", {}))
+            connect_args.setdefault("prepare_threshold", None)
+            kwargs["connect_args"] = connect_args
             engine = create_engine(url, **kwargs)
     except exc.NoSuchModuleError as err:
         raise ConfigError(f"unsupported database URL {_safe(url)!r}: {err}") from err

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
@@ -21,6 +21,22 @@ from toolkit.flags.store import RolloutView
 
 ON = "on"
 OFF = "off"
+_METADATA = Metadata(name="toolkit-rollouts")
+
+
+class _Rule(NamedTuple):
+    """A rollout compiled once per snapshot: evaluation does no arithmetic but the hash."""
+
+    on: str
+    off: str
+    basis_points: int
+    killed: bool
+    allow: frozenset[str]
+    deny: frozenset[str]
+
+    @classmethod
+    def of(cls, v: RolloutView) -> _Rule:
+        return cls(v.on_variant, v.off_variant, v.basis_points, v.killed, v.allow, v.deny)
 
 
 class RolloutProvider(AbstractProvider):
@@ -36,12 +52,13 @@ class RolloutProvider(AbstractProvider):
         self._ttl = ttl
         self._clock = clock
         self._snapshot: Mapping[str, RolloutView] = {}
+        self._rules: Mapping[str, _Rule] = {}
         self._expires = float("-inf")
         self._refresh_error: str | None = None
         self._lock = threading.Lock()
 
     def get_metadata(self) -> Metadata:
-        return Metadata(name="toolkit-rollouts")
+        return _METADATA
 
     def invalidate(self) -> None:
         """Drop the snapshot: this process's own changes take effect at once."""
@@ -58,11 +75,13 @@ class RolloutProvider(AbstractProvider):
             if now < self._expires:  # another thread refreshed while we waited
                 return
             try:
-                self._snapshot = {r.flag_key: r for r in self._load()}
+                views = {r.flag_key: r for r in self._load()}
+                self._rules = {key: _Rule.of(v) for key, v in views.items()}
+                self._snapshot = views
                 self._refresh_error = None
             except Exception as exc:  # noqa: BLE001 - evaluation must never raise
                 # Fail safe: without a fresh read nobody may be sent to the new backend.
-                self._snapshot = {}
+                self._snapshot, self._rules = {}, {}
                 self._refresh_error = f"{type(exc).__name__}: {exc}"
             self._expires = now + self._ttl
 
@@ -74,37 +93,38 @@ class RolloutProvider(AbstractProvider):
         default_value: str,
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[str]:
-        rules = self.snapshot()
+        if self._clock() >= self._expires:
+            self._refresh()
         if self._refresh_error is not None:
             return _error(
                 default_value, ErrorCode.GENERAL, f"rollouts unreadable: {self._refresh_error}"
             )
-        rule = rules.get(flag_key)
+        rule = self._rules.get(flag_key)
         if rule is None:
             # No rollout row yet: the job has never been rolled out, so it stays on legacy.
             return FlagResolutionDetails(default_value, reason=Reason.DEFAULT, variant=OFF)
         if rule.killed:
-            return FlagResolutionDetails(rule.off_variant, reason=Reason.DISABLED, variant=OFF)
+            return FlagResolutionDetails(rule.off, reason=Reason.DISABLED, variant=OFF)
         key = evaluation_context.targeting_key if evaluation_context else None
         if not key:
             return _error(default_value, ErrorCode.TARGETING_KEY_MISSING, "targeting key missing")
         if key in rule.deny:
             return FlagResolutionDetails(
-                rule.off_variant,
+                rule.off,
                 reason=Reason.TARGETING_MATCH,
                 variant=OFF,
                 flag_metadata={"rule": "deny"},
             )
         if key in rule.allow:
             return FlagResolutionDetails(
-                rule.on_variant,
+                rule.on,
                 reason=Reason.TARGETING_MATCH,
                 variant=ON,
                 flag_metadata={"rule": "allow"},
             )
         if in_rollout(flag_key, key, rule.basis_points):
-            return FlagResolutionDetails(rule.on_variant, reason=Reason.SPLIT, variant=ON)
-        return FlagResolutionDetails(rule.off_variant, reason=Reason.SPLIT, variant=OFF)
+            return FlagResolutionDetails(rule.on, reason=Reason.SPLIT, variant=ON)
+        return FlagResolutionDetails(rule.off, reason=Reason.SPLIT, variant=OFF)
 
     def resolve_boolean_details(
         self,
