@@ -230,7 +230,7 @@ class Dispatcher:
         for run_id, request, _ in fresh:
             assert request.account is not None
             per_account[request.account].append(run_id)
-        for account, run_ids in per_account.items():
+        for account, run_ids in sorted(per_account.items()):  # fixed lock order
             self._tk.credits.spend_in(s, account, job.cost * len(run_ids))
             s.execute(
                 insert(CreditEntry),
@@ -309,7 +309,14 @@ class Dispatcher:
     # --- recovery: the same run, submitted again ----------------------------------------------
 
     def reroute_in(
-        self, s: Session, run_id: uuid.UUID, *, status: str, recoveries: int, attempts: int
+        self,
+        s: Session,
+        run_id: uuid.UUID,
+        *,
+        status: str,
+        recoveries: int,
+        attempts: int,
+        route: Route | None = None,
     ) -> Reroute | None:
         """Recovery, in the caller's transaction: route a stuck run again, under the same id.
 
@@ -319,6 +326,10 @@ class Dispatcher:
         backend and counts the recovery; None if the run moved meanwhile. A RUNNING run's old
         attempt, if it is alive after all, is fenced out at its next step. Submit the result
         with :meth:`resubmit` after the transaction commits.
+
+        Pass ``route`` (from :meth:`route`, evaluated before the transaction) when the flag
+        provider may read the database: on SQLite that read would wait for this transaction's
+        write lock.
         """
         row = s.execute(
             select(Run.job, Run.payload, Run.targeting_key, Run.backend).where(Run.id == run_id)
@@ -326,7 +337,8 @@ class Dispatcher:
         if row is None:
             return None
         job = self._tk.jobs.get(row.job)
-        route = self.route(job, row.targeting_key)
+        if route is None:
+            route = self.route(job, row.targeting_key)
         reason = route.reason if route.error is None else f"{route.reason}: {route.error}"
         moved = s.execute(
             update(Run)
@@ -368,8 +380,15 @@ class Dispatcher:
     ) -> RunHandle | None:
         """:meth:`reroute_in` in a transaction of its own, then :meth:`resubmit`."""
         with self._tk.db.transaction() as s:
+            row = s.execute(
+                select(Run.job, Run.targeting_key).where(Run.id == run_id)
+            ).one_or_none()
+        if row is None:
+            return None
+        route = self.route(self._tk.jobs.get(row.job), row.targeting_key)
+        with self._tk.db.transaction() as s:
             reroute = self.reroute_in(
-                s, run_id, status=status, recoveries=recoveries, attempts=attempts
+                s, run_id, status=status, recoveries=recoveries, attempts=attempts, route=route
             )
         return None if reroute is None else self.resubmit(reroute)
 

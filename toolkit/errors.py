@@ -52,6 +52,16 @@ class UnknownRun(InvalidInput):
     code = "unknown_run"
 
 
+class UnknownBackend(InvalidInput):
+    code = "unknown_backend"
+
+
+class CommandUnavailable(InvalidInput):
+    """A command that a later version provides was asked for (e.g. by a script)."""
+
+    code = "command_unavailable"
+
+
 class DuplicateJob(InvalidInput):
     code = "duplicate_job"
 
@@ -74,6 +84,13 @@ class MissingExtra(ConfigError):
             f"the {extra!r} backend needs the {module!r} package: pip install 'toolkit[{extra}]'"
         )
         self.extra = extra
+
+
+class BrokerConfigError(ConfigError):
+    """A durable-backend setting that would lose or duplicate runs (e.g. a short visibility
+    timeout), refused before any work is taken."""
+
+    code = "broker_config"
 
 
 # --- operations that failed ---------------------------------------------------------
@@ -105,6 +122,13 @@ class BackendUnavailable(ToolkitError):
     """A backend refused or could not take a submission (event API down, broker down)."""
 
     code = "backend_unavailable"
+
+
+class RateLimitUnavailable(ToolkitError):
+    """The store of a shared rate limit (Redis) cannot be reached: the start waits, it is not
+    let through unlimited."""
+
+    code = "rate_limit_unavailable"
 
 
 class RunLost(ToolkitError):

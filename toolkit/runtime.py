@@ -13,13 +13,30 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ARRAY,
+    String,
+    Text,
+    Uuid,
+    and_,
+    any_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Session, aliased
 
 from toolkit.config import RetryPolicy
 from toolkit.credits import Credits
@@ -31,7 +48,18 @@ from toolkit.errors import (
     StepOutputNotSerializable,
 )
 from toolkit.jobs import JobContext, JobRegistry, JobSpec
-from toolkit.models import TERMINAL, DeadLetter, Run, RunStatus, Step, StepStatus, utcnow
+from toolkit.models import (
+    TERMINAL,
+    CreditAccount,
+    CreditEntry,
+    DeadLetter,
+    LedgerKind,
+    Run,
+    RunStatus,
+    Step,
+    StepStatus,
+    utcnow,
+)
 
 log = logging.getLogger("toolkit.runtime")
 
@@ -69,6 +97,28 @@ def to_json(value: Any, *, what: str) -> Any:
 
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:4000]
+
+
+# Lock the accounts in account order first (so concurrent sweeps cannot deadlock: a single
+# UPDATE ... FROM locks in whatever order its plan visits the rows), then credit them.
+_LOCK_ACCOUNTS = text(
+    "SELECT 1 FROM toolkit_credit_accounts WHERE account = ANY(:accounts) "
+    "ORDER BY account FOR UPDATE"
+)
+_CREDIT_ACCOUNTS = text(
+    "UPDATE toolkit_credit_accounts AS a SET balance = a.balance + v.delta, updated_at = :now "
+    "FROM unnest(CAST(:accounts AS varchar[]), CAST(:deltas AS bigint[])) AS v(account, delta) "
+    "WHERE a.account = v.account"
+)
+
+
+def _among(db: Database, column: Any, ids: Sequence[uuid.UUID]) -> Any:
+    """``column IN ids``; on PostgreSQL one ``uuid[]`` parameter instead of one per id (sent
+    as a single array literal: the driver's per-element quoting costs more than the query)."""
+    if db.is_postgres:
+        literal_ids = "{" + ",".join(map(str, ids)) + "}"
+        return column == any_(cast(bindparam(None, literal_ids, type_=String()), ARRAY(Uuid())))
+    return column.in_(ids)
 
 
 class Runtime:
@@ -111,34 +161,118 @@ class Runtime:
 
     # --- transitions ------------------------------------------------------------------------
 
-    def claim(self, run_id: uuid.UUID, *, take_over: bool = False) -> Claim | None:
+    def claim(
+        self,
+        run_id: uuid.UUID,
+        *,
+        take_over: bool = False,
+        stale_before: datetime | None = None,
+    ) -> Claim | None:
         """QUEUED → RUNNING, counting the attempt. None if another worker or a final state won.
 
         ``take_over`` also claims a RUNNING run: for a transport that knows its previous holder
         died (a broker redelivering an unacknowledged message). The attempt number moves on, so
         the old holder, if it is still alive after all, is fenced out at its next step.
+        ``stale_before`` narrows the take-over to a holder whose heartbeat is older than that
+        instant: a holder that still beats is alive and keeps the run. The check is part of the
+        conditional UPDATE, so of two deliveries racing to take over, one wins.
         """
         now = utcnow()
-        claimable = [RunStatus.QUEUED.value]
+        claimable = Run.status == RunStatus.QUEUED.value
         if take_over:
-            claimable.append(RunStatus.RUNNING.value)
+            running = Run.status == RunStatus.RUNNING.value
+            if stale_before is not None:
+                running = and_(
+                    running, or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < stale_before)
+                )
+            claimable = or_(claimable, running)
         with self.db.transaction() as s:
             row = s.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.status.in_(claimable))
+                .where(Run.id == run_id, claimable)
                 .values(
                     status=RunStatus.RUNNING,
                     attempts=Run.attempts + 1,
+                    started_at=func.coalesce(Run.started_at, now),  # the first start counts
                     heartbeat_at=now,
                     next_attempt_at=None,
                 )
-                .returning(Run.job, Run.attempts, Run.payload, Run.started_at)
+                .returning(Run.job, Run.attempts, Run.payload)
+                .execution_options(synchronize_session=False)
             ).one_or_none()
             if row is None:
                 return None
-            if row.started_at is None:
-                s.execute(update(Run).where(Run.id == run_id).values(started_at=now))
         return Claim(run_id, row.attempts, self.jobs.get(row.job), row.payload)
+
+    def start(
+        self, run_id: uuid.UUID, *, backend: str, external_id: str | None = None
+    ) -> Claim | None:
+        """QUEUED → RUNNING for an engine that memoizes steps itself and delivers at least once.
+
+        Idempotent: a run already RUNNING on ``backend`` is returned unchanged, so an engine that
+        repeats the start (it lost the answer) continues the same execution. None when the run
+        is not ``backend``'s (a fallback moved it to legacy), is finished, or was cancelled.
+        ``external_id`` records the engine's own run id for operators.
+        """
+        now = utcnow()
+        values: dict[str, Any] = {
+            "status": RunStatus.RUNNING,
+            "attempts": Run.attempts + 1,
+            "started_at": func.coalesce(Run.started_at, now),
+            "heartbeat_at": now,
+            "next_attempt_at": None,
+        }
+        if external_id is not None:
+            values["external_id"] = external_id[:200]
+        ours = (Run.id == run_id, Run.backend == backend)
+        with self.db.transaction() as s:
+            row = s.execute(
+                update(Run)
+                .where(*ours, Run.status == RunStatus.QUEUED)
+                .values(**values)
+                .returning(Run.job, Run.attempts, Run.payload, Run.started_at)
+            ).one_or_none()
+            if row is None:
+                row = s.execute(
+                    select(Run.job, Run.attempts, Run.payload, Run.started_at).where(
+                        *ours, Run.status == RunStatus.RUNNING
+                    )
+                ).one_or_none()
+        if row is None:
+            return None
+        return Claim(run_id, row.attempts, self.jobs.get(row.job), row.payload)
+
+    def beat(self, run_id: uuid.UUID, attempt: int) -> bool:
+        """Heartbeat from an engine that keeps its own step memo; True while the run is RUNNING.
+
+        ``attempt`` is the engine's 1-based attempt of the current step: ``attempts`` rises to
+        it and never falls. False means the run was cancelled or failed meanwhile, so the
+        caller stops before running the step.
+        """
+        with self.db.transaction() as s:
+            alive = s.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
+                .values(
+                    heartbeat_at=utcnow(),
+                    attempts=case((Run.attempts < attempt, attempt), else_=Run.attempts),
+                )
+            )
+            return alive.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+
+    def heartbeat(self, claim: Claim) -> bool:
+        """Mark the attempt alive between steps; False once it no longer owns the run."""
+        with self.db.transaction() as s:
+            alive = s.execute(
+                update(Run)
+                .where(
+                    Run.id == claim.run_id,
+                    Run.status == RunStatus.RUNNING,
+                    Run.attempts == claim.attempt,
+                )
+                .values(heartbeat_at=utcnow())
+            )
+            return alive.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
     def complete(self, run_id: uuid.UUID, attempt: int | None, result: Any) -> bool:
         with self.db.transaction() as s:
@@ -225,6 +359,123 @@ class Runtime:
                     return True
         return False
 
+    # --- batches, for maintenance (inside the caller's transaction) ----------------------
+
+    def fail_many_in(
+        self,
+        s: Session,
+        run_ids: Sequence[uuid.UUID],
+        error: str | Mapping[RunStatus, str],
+        *,
+        expected: Iterable[RunStatus] = (RunStatus.RUNNING,),
+        reason: str | None = None,
+    ) -> dict[uuid.UUID, int]:
+        """The batch form of :meth:`fail`: FAILED, dead letters and refunds in ``s``.
+
+        Only runs still in an ``expected`` state move (one conditional UPDATE); ``error`` may
+        differ per expected state (``{status: error}``). Each moved run gets its dead letter,
+        and all of them their refunds in one :meth:`refund_many_in` (refund ``reason``: by
+        default "run failed: <error>"). Returns ``{run_id: credits refunded}`` for the runs
+        this call failed.
+        """
+        errors = dict(error) if isinstance(error, Mapping) else dict.fromkeys(expected, error)
+        errors = {RunStatus(st): msg for st, msg in errors.items() if st not in TERMINAL}
+        if not run_ids or not errors:
+            return {}
+        message = case(
+            {st.value: literal(msg, Text()) for st, msg in errors.items()}, value=Run.status
+        )
+        now = utcnow()
+        moved = s.scalars(
+            update(Run)
+            .where(_among(self.db, Run.id, run_ids), Run.status.in_([st.value for st in errors]))
+            .values(status=RunStatus.FAILED, error=message, finished_at=now)
+            .returning(Run.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        if not moved:
+            return {}
+        s.execute(
+            self.db.insert(DeadLetter)
+            .from_select(
+                ["run_id", "job", "payload", "error", "attempts", "created_at"],
+                select(
+                    Run.id,
+                    Run.job,
+                    Run.payload,
+                    Run.error,
+                    Run.attempts,
+                    literal(now, DeadLetter.created_at.type),
+                ).where(_among(self.db, Run.id, moved)),
+            )
+            .on_conflict_do_nothing(index_elements=["run_id"])
+        )
+        if reason is None:
+            reason = f"run failed: {error[:200]}" if isinstance(error, str) else "run failed"
+        refunded = self.refund_many_in(s, moved, reason=reason)
+        log.info("%d runs failed: %s", len(moved), reason)
+        return {run_id: refunded.get(run_id, 0) for run_id in moved}
+
+    def refund_many_in(
+        self, s: Session, run_ids: Sequence[uuid.UUID], *, reason: str
+    ) -> dict[uuid.UUID, int]:
+        """The batch form of ``Credits.refund_in``: each run's debit is refunded at most once.
+
+        The same rule: ``INSERT ... ON CONFLICT (run_id, kind) DO NOTHING RETURNING`` (here as
+        one ``INSERT ... SELECT`` from the runs' debits), and only the refunds this statement
+        inserted credit their accounts, locked in account order. Call it once per transaction:
+        two calls lock two sets of accounts, each in order but not together, and concurrent
+        sweeps could then deadlock.
+        Returns ``{run_id: amount}`` for the refunds made here.
+        """
+        if not run_ids:
+            return {}
+        now = utcnow()
+        debit = aliased(CreditEntry, name="debit")
+        refunds = (
+            self.db.insert(CreditEntry)
+            .from_select(
+                ["account", "run_id", "kind", "amount", "reason", "created_at"],
+                select(
+                    debit.account,
+                    debit.run_id,
+                    literal(LedgerKind.REFUND.value, String()),
+                    debit.amount,
+                    literal(reason[:500], String()),
+                    literal(now, CreditEntry.created_at.type),
+                ).where(
+                    _among(self.db, debit.run_id, run_ids), debit.kind == LedgerKind.DEBIT.value
+                ),
+            )
+            .on_conflict_do_nothing(index_elements=["run_id", "kind"])
+            .returning(CreditEntry.run_id, CreditEntry.account, CreditEntry.amount)
+        )
+        inserted = s.connection().execute(refunds).all()
+        per_account: dict[str, int] = defaultdict(int)
+        for row in inserted:
+            per_account[row.account] += row.amount
+        if per_account:
+            self._credit_accounts(s, per_account, now)
+        return {row.run_id: row.amount for row in inserted}
+
+    def _credit_accounts(self, s: Session, amounts: dict[str, int], now: datetime) -> None:
+        """Add ``amounts`` to their accounts, locking the rows in account order."""
+        accounts = sorted(amounts)
+        if not self.db.is_postgres:  # SQLite: one writer at a time, no lock order to keep
+            s.connection().execute(
+                update(CreditAccount)
+                .where(CreditAccount.account == bindparam("credited"))
+                .values(balance=CreditAccount.balance + bindparam("delta"), updated_at=now),
+                [{"credited": a, "delta": amounts[a]} for a in accounts],
+            )
+            return
+        # One statement instead of one per account; the locks are taken first, in order.
+        s.execute(_LOCK_ACCOUNTS, {"accounts": accounts})
+        s.execute(
+            _CREDIT_ACCOUNTS,
+            {"accounts": accounts, "deltas": [amounts[a] for a in accounts], "now": now},
+        )
+
     @staticmethod
     def _move(
         s: Session,
@@ -239,7 +490,9 @@ class Runtime:
         query = update(Run).where(Run.id == run_id, Run.status == expected)
         if attempt is not None:
             query = query.where(Run.attempts == attempt)
-        moved = s.execute(query.values(status=target, **values))
+        moved = s.execute(
+            query.values(status=target, **values).execution_options(synchronize_session=False)
+        )
         return moved.rowcount == 1  # type: ignore[attr-defined,no-any-return]
 
     # --- one attempt ----------------------------------------------------------------------

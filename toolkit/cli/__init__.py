@@ -40,7 +40,20 @@ def cli(ctx: click.Context, app_spec: str | None, database_url: str | None) -> N
 
 
 # One module per command group, each exposing ``group``; add new groups here.
-COMMAND_MODULES = ("db", "rollout", "runs", "audit", "credits")
+COMMAND_MODULES = (
+    "db",
+    "rollout",
+    "runs",
+    "audit",
+    "credits",
+    "inngest",
+    "serve",
+    "worker",
+    "recover",
+    "cleanup",
+    "refund",
+    "report",
+)
 
 
 def _register() -> None:
