@@ -1,0 +1,176 @@
+"""The refund sweep on SQLite and PostgreSQL: a dry run changes nothing; --apply refunds every
+owed run exactly once, in batches with one audit entry each; twice equals once; filters,
+keyset ties and a crash mid-sweep; the ledger invariant after every scenario."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from tests.maintenance_fixture import (
+    ACCOUNTS,
+    COST,
+    JOB,
+    OTHER_JOB,
+    check_ledger,
+    dispatch,
+    owe,
+    refunds,
+    set_runs,
+    setup_jobs,
+    snapshot,
+)
+from toolkit import RunStatus, Toolkit, maintenance_ops
+from toolkit.errors import DatabaseError, InvalidInput, UnknownBackend, UnknownJob
+from toolkit.maintenance import Filters
+from toolkit.models import AuditEntry, Run, utcnow
+
+
+@pytest.fixture(autouse=True)
+def jobs(tk: Toolkit) -> None:
+    setup_jobs(tk)
+
+
+def balances(tk: Toolkit) -> int:
+    return sum(tk.credits.balance(a) for a in ACCOUNTS)
+
+
+def audit(tk: Toolkit, action: str = "maintenance.refund") -> list[AuditEntry]:
+    with tk.db.transaction() as s:
+        return list(
+            s.scalars(select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.id))
+        )
+
+
+def test_dry_run_changes_nothing_and_shows_totals(tk: Toolkit) -> None:
+    run_ids = dispatch(tk, 12)
+    owe(tk, run_ids[:5])
+    owe(tk, run_ids[5:8], "CANCELLED")
+    tk.cancel(run_ids[8])  # the runtime refunds a cancel at once: nothing owed
+    before = snapshot(tk)
+    report = maintenance_ops.refund(tk, Filters(batch_size=2))
+    assert snapshot(tk) == before
+    assert not report.applied and report.batches == 0
+    assert (report.changed, report.credits) == (8, 8 * COST)
+    assert {k: (t.runs, t.credits) for k, t in report.totals.items()} == {
+        (JOB, "parked", "refund"): (8, 8 * COST)
+    }
+    assert {c.run_id for c in report.sample} == set(run_ids[:8])
+    check_ledger(tk)
+
+
+def test_apply_refunds_each_owed_run_once_and_twice_equals_once(tk: Toolkit) -> None:
+    run_ids = dispatch(tk, 20) + dispatch(tk, 10, job=OTHER_JOB)
+    owed = run_ids[:7] + run_ids[20:24]
+    owe(tk, run_ids[:7])
+    owe(tk, run_ids[20:24], "CANCELLED")
+    tk.runtime.fail(run_ids[10], "boom", expected=(RunStatus.QUEUED,))
+    before = balances(tk)
+
+    first = maintenance_ops.refund(tk, Filters(batch_size=3), apply=True)
+    assert (first.changed, first.credits, first.batches) == (11, 11 * COST, 4)
+    assert {k: t.runs for k, t in first.totals.items()} == {
+        (JOB, "parked", "refund"): 7,
+        (OTHER_JOB, "parked", "refund"): 4,
+    }
+    assert balances(tk) == before + 11 * COST
+    assert refunds(tk) == {rid: 1 for rid in [*owed, run_ids[10]]}
+    check_ledger(tk, all_refunded=True)
+
+    entries = audit(tk)
+    assert len(entries) == first.batches  # one entry per batch, written in its transaction
+    ids = [rid for e in entries for rid in e.after["run_ids"]]
+    assert sorted(ids) == sorted(str(r) for r in owed)
+    assert sum(e.after["credits"] for e in entries) == 11 * COST
+
+    once = snapshot(tk)
+    second = maintenance_ops.refund(tk, Filters(batch_size=3), apply=True)
+    assert (second.changed, second.batches) == (0, 0)
+    assert snapshot(tk) == once  # audit log included: nothing to do, nothing written
+    check_ledger(tk, all_refunded=True)
+
+
+def test_filters_job_backend_since_and_limit(tk: Toolkit) -> None:
+    run_ids = dispatch(tk, 12) + dispatch(tk, 4, job=OTHER_JOB)
+    owe(tk, run_ids)
+    old = utcnow() - timedelta(days=3)
+    for i, rid in enumerate(run_ids[:12]):  # distinct, known order for the limit
+        set_runs(tk, [rid], created_at=old + timedelta(seconds=i))
+    set_runs(tk, run_ids[:2], backend="legacy")
+
+    only_other = maintenance_ops.refund(tk, Filters(job=OTHER_JOB), apply=True)
+    assert only_other.changed == 4 and set(refunds(tk)) == set(run_ids[12:])
+    legacy = maintenance_ops.refund(tk, Filters(backend="legacy"), apply=True)
+    assert legacy.changed == 2 and set(refunds(tk)) == set(run_ids[12:] + run_ids[:2])
+    recent = maintenance_ops.refund(tk, Filters(since=utcnow() - timedelta(hours=1)), apply=True)
+    assert recent.changed == 0  # everything left is three days old
+    limited = maintenance_ops.refund(tk, Filters(limit=3, batch_size=2), apply=True)
+    assert (limited.changed, limited.batches) == (3, 2)
+    assert set(refunds(tk)) == set(run_ids[12:] + run_ids[:5])  # the three oldest left
+    rest = maintenance_ops.refund(tk, Filters(batch_size=2), apply=True)
+    assert rest.changed == 7
+    check_ledger(tk, all_refunded=True)
+
+
+def test_keyset_pages_through_identical_timestamps(tk: Toolkit) -> None:
+    """Ties on created_at are ordered by id: no run is skipped or taken twice across pages."""
+    run_ids = dispatch(tk, 23)
+    owe(tk, run_ids)
+    set_runs(tk, run_ids, created_at=utcnow() - timedelta(hours=1))
+    for size in (1, 2, 5):
+        dry = maintenance_ops.refund(tk, Filters(batch_size=size))
+        assert dry.changed == 23
+    report = maintenance_ops.refund(tk, Filters(batch_size=4), apply=True)
+    assert report.changed == 23 and report.batches == 6
+    assert refunds(tk) == {rid: 1 for rid in run_ids}
+    check_ledger(tk, all_refunded=True)
+
+
+def test_crash_mid_sweep_keeps_whole_batches_and_the_next_run_completes(
+    tk: Toolkit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_ids = dispatch(tk, 10)
+    owe(tk, run_ids)
+    real = tk.runtime.refund_many_in
+    calls = []
+
+    def dies_in_third_batch(s, ids, **kw):  # type: ignore[no-untyped-def]
+        done = real(s, ids, **kw)  # the refunds are written ...
+        calls.append(len(done))
+        if len(calls) == 3:
+            raise DatabaseError("connection lost")  # ... and the transaction never commits
+        return done
+
+    monkeypatch.setattr(tk.runtime, "refund_many_in", dies_in_third_batch)
+    with pytest.raises(DatabaseError):
+        maintenance_ops.refund(tk, Filters(batch_size=3), apply=True)
+    assert len(refunds(tk)) == 6 and len(audit(tk)) == 2  # two whole batches, no part of one
+    check_ledger(tk)
+
+    monkeypatch.setattr(tk.runtime, "refund_many_in", real)
+    rest = maintenance_ops.refund(tk, Filters(batch_size=3), apply=True)
+    assert rest.changed == 4
+    assert refunds(tk) == {rid: 1 for rid in run_ids}
+    check_ledger(tk, all_refunded=True)
+
+
+def test_bad_input_raises_before_anything_changes(tk: Toolkit) -> None:
+    owe(tk, dispatch(tk, 3))
+    before = snapshot(tk)
+    with pytest.raises(InvalidInput, match="limit"):
+        Filters(limit=0)
+    with pytest.raises(InvalidInput, match="batch size"):
+        Filters(batch_size=0)
+    with pytest.raises(UnknownJob, match="unknown job 'nope'"):
+        maintenance_ops.refund(tk, Filters(job="nope"), apply=True)
+    with pytest.raises(UnknownBackend, match="unknown backend 'nope'"):
+        maintenance_ops.refund(tk, Filters(backend="nope"), apply=True)
+    assert snapshot(tk) == before
+    # Names known only from recorded runs are fine: a removed job or backend can be swept.
+    with tk.db.transaction() as s:
+        rid = s.scalars(select(Run.id)).first()
+    set_runs(tk, [rid], job="retired-job", backend="retired-backend")
+    report = maintenance_ops.refund(tk, Filters(job="retired-job", backend="retired-backend"))
+    assert report.changed == 1
