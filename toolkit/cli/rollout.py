@@ -1,4 +1,5 @@
-"""``toolkit rollout``: status, set, rollback, allow/deny, kill/resume, explain."""
+"""``toolkit rollout``: status, set, rollback, allow/deny, kill/unkill, explain; and the plan's
+gates, advance, pause, resume, watch (:mod:`toolkit.cli.rollout_plan`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 import click
 
 from toolkit.app import Toolkit
+from toolkit.cli import rollout_plan
 from toolkit.cli.context import CliContext, pass_ctx
 from toolkit.cli.render import console, emit_json, percentage, table
 from toolkit.flags.bucketing import bucket
@@ -84,7 +86,8 @@ def status(obj: CliContext, job: str | None, as_json: bool) -> None:
                     name,
                     target,
                     percentage(v.percentage),
-                    "[bold red]killed[/]" if v.killed else "active",
+                    ("[bold red]killed[/]" if v.killed else "active")
+                    + (" [yellow]paused[/]" if v.paused else ""),
                     len(v.allow),
                     len(v.deny),
                     v.version,
@@ -137,23 +140,20 @@ def set_(
 @click.argument("job")
 @_REASON
 @_ACTOR
+@click.option(
+    "--ramp", is_flag=True, help="One step of the plan down (50% → 10% → 0%) instead of 0% at once."
+)
+@click.option("--json", "as_json", is_flag=True)
 @pass_ctx
-def rollback(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
-    """Send all new work of JOB to legacy at once; in-flight runs drain where they are."""
-    tk = obj.toolkit
-    view = tk.rollback(job, reason=reason, actor=actor)
-    _show(view, "rolled back")
-    flight = {b: c for (j, b), c in tk.runs.in_flight(job).items() if j == job and b != "legacy"}
-    out = console()
-    if not flight:
-        out.print("nothing in flight on the new backend.")
-        return
-    for backend, counts in flight.items():
-        out.print(
-            f"[yellow]draining on {backend}:[/] {counts['QUEUED']} queued, "
-            f"{counts['RUNNING']} running"
-        )
-    out.print(f"next: watch them with [bold]toolkit runs list --job {job} --status RUNNING[/]")
+def rollback(
+    obj: CliContext, job: str, reason: str, actor: str | None, ramp: bool, as_json: bool
+) -> None:
+    """Send all new work of JOB to legacy at once; in-flight runs drain where they are.
+
+    Prints what is still in flight on the new backend and the follow-up commands
+    (recover, cleanup orphans, refund).
+    """
+    rollout_plan.rollback_command(obj, job, reason, actor, ramp, as_json)
 
 
 def _listed(which: str, present: bool):  # type: ignore[no-untyped-def]
@@ -238,3 +238,6 @@ def explain(obj: CliContext, job: str, key: str, as_json: bool) -> None:
         )
     if route.error:
         out.print(f"  [red]flag error:[/] {route.error}")
+
+
+rollout_plan.register(group)

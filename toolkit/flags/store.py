@@ -63,6 +63,7 @@ class RolloutView:
     version: int
     updated_at: datetime | None
     updated_by: str | None
+    paused: bool = False  # the rollout plan's hold; routing ignores it
 
     @property
     def basis_points(self) -> int:
@@ -85,6 +86,7 @@ class RolloutView:
             version=r.version,
             updated_at=r.updated_at,
             updated_by=r.updated_by,
+            paused=bool(r.paused),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -99,6 +101,7 @@ class RolloutView:
             "version": self.version,
             "updated_at": self.updated_at.isoformat() if self.updated_at else None,
             "updated_by": self.updated_by,
+            "paused": self.paused,
         }
 
 
@@ -166,6 +169,20 @@ class RolloutStore:
             f"rollout.{state.value}",
             None,
             lambda v: replace(v, state=state.value),
+        )
+
+    def set_paused(
+        self, flag_key: str, paused: bool, *, on_variant: str, actor: str, reason: str
+    ) -> RolloutView:
+        """Hold (or release) the rollout plan; versioned, so a concurrent advance loses."""
+        return self._change(
+            flag_key,
+            on_variant,
+            actor,
+            reason,
+            "rollout.pause" if paused else "rollout.resume",
+            None,
+            lambda v: replace(v, paused=paused),
         )
 
     def set_listed(
@@ -246,6 +263,7 @@ class RolloutStore:
             "version": after.version,
             "updated_at": utcnow(),
             "updated_by": after.updated_by,
+            "paused": after.paused,
         }
         if before.version == 0:
             s.add(Rollout(flag_key=after.flag_key, **values))

@@ -1,0 +1,292 @@
+"""``toolkit report`` on SQLite and PostgreSQL: counts, intervals, percentiles, credit errors,
+the scorecard, the CLI (tables and --json), and bad input that exits 2."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tests.report_fixture import T0, Seed, arm, grant, insert_runs
+from toolkit import Toolkit
+from toolkit import report_queries as rq
+from toolkit.cli import main
+from toolkit.gates import RolloutPlan, Verdict
+from toolkit.report import build
+from toolkit.stats import mann_whitney, newcombe, two_proportion_z, wilson
+
+JOB = "prediction-session"
+SINCE = T0 - timedelta(hours=1)
+UNTIL = T0 + timedelta(hours=2)
+TIMEOUT = "JobTimeout: run exceeded the 900s timeout of job 'prediction-session'"
+
+
+def register(tk: Toolkit, **options: Any) -> None:
+    @tk.job(JOB, target="inngest", **options)
+    def session(ctx: object, payload: object) -> None:
+        return None
+
+
+def seed_mixed(tk: Toolkit) -> None:
+    """Legacy: 12 runs with queue times 1..11 s; inngest: 7 runs with credit trouble."""
+    at = [T0 + timedelta(seconds=10 * i) for i in range(12)]
+    legacy = [
+        Seed("legacy", "FAILED", at[0], 1.0, 2.0, error=TIMEOUT, attempts=2),
+        Seed("legacy", "CANCELLED", at[1], 2.0, 2.0, account="a", debit=5, refund=True),
+        Seed("legacy", "RUNNING", at[2], 3.0, None),
+        Seed("legacy", "QUEUED", at[3], None, None, heartbeat=False),
+        *(Seed("legacy", "COMPLETED", at[i], float(i), 2.0) for i in range(4, 12)),
+    ]
+    legacy[5] = Seed("legacy", "COMPLETED", at[5], 5.0, 2.0, attempts=3)
+    legacy[6] = Seed("legacy", "COMPLETED", at[6], 6.0, 2.0, fallback_from="inngest")
+    inngest = [
+        *(Seed("inngest", "COMPLETED", at[i], 0.5, 3.0) for i in range(4)),
+        Seed("inngest", "COMPLETED", at[4], 0.5, 3.0, heartbeat=False),
+        Seed("inngest", "COMPLETED", at[5], 0.5, 3.0, account="a", debit=5, refund=True),
+        Seed("inngest", "FAILED", at[6], 0.5, 3.0, account="neg", debit=5, error="boom"),
+    ]
+    outside = [
+        Seed("inngest", "FAILED", T0 - timedelta(hours=2), error=TIMEOUT),
+        Seed("inngest", "FAILED", T0 + timedelta(hours=3), error=TIMEOUT),
+    ]
+    grant(tk, "a", 100)
+    grant(tk, "neg", 1)  # then debited 5: the ledger says -4
+    insert_runs(tk, JOB, [*legacy, *inngest, *outside])
+
+
+def test_arms_counts_rates_latencies_and_credit_errors(tk: Toolkit) -> None:
+    register(tk)
+    seed_mixed(tk)
+    report = build(tk, since=SINCE, until=UNTIL)
+    [job] = report.jobs
+    assert job.job == JOB and job.new_backend == "inngest"
+    legacy, new = job.arm("legacy"), job.arm("inngest")
+    assert (legacy.runs, legacy.completed, legacy.failed, legacy.cancelled) == (12, 8, 1, 1)
+    assert (legacy.in_flight, legacy.retries, legacy.timeouts, legacy.started) == (2, 2, 1, 11)
+    assert legacy.success == wilson(8, 10)
+    # percentile_cont over queue times 1..11: 1 + f * 10
+    assert legacy.latencies.queue == pytest.approx((6.0, 10.5, 10.9))
+    assert legacy.latencies.duration == pytest.approx((2.0, 2.0, 2.0))
+    assert legacy.credit_errors == 0 and legacy.fallbacks == 0
+
+    assert (new.runs, new.completed, new.failed, new.in_flight) == (7, 6, 1, 0)
+    assert new.fallbacks == 1  # routed to inngest, ran on legacy
+    assert (new.unrefunded, new.refunds_without_failure) == (1, 1)
+    assert new.missing_heartbeats == 1 and new.timeouts == 0
+    assert new.latencies.queue == pytest.approx((0.5, 0.5, 0.5))
+    assert report.negative_balances == ["neg"]
+
+    [cmp] = job.comparisons
+    assert cmp.backend == "inngest" and not cmp.sampled
+    assert cmp.difference == pytest.approx(newcombe(6, 7, 8, 10))
+    assert cmp.z_test == pytest.approx(two_proportion_z(6, 7, 8, 10))
+    expected = mann_whitney([0.5] * 7, [float(i) for i in range(1, 12)])
+    assert cmp.queue_test == expected and cmp.queue_test is not None
+    assert cmp.queue_test.superiority == 0.0  # every inngest run started sooner
+
+    verdicts = {g.name: g.verdict for g in job.scorecard}
+    assert verdicts == {
+        "runs failed by timeouts = 0": Verdict.PASS,
+        "queue-to-processing p95 < 10 s": Verdict.INCONCLUSIVE,  # 7 runs < 200
+        "completion rate same or better": Verdict.INCONCLUSIVE,
+        "no increase in credit-handling errors": Verdict.FAIL,
+        "heartbeats delivered": Verdict.FAIL,
+    }
+    numbers = {g.name: g.number for g in job.scorecard}
+    assert numbers["heartbeats delivered"] == "1 of 7 started runs without a heartbeat"
+    assert numbers["no increase in credit-handling errors"].startswith("inngest 2 (28.6%)")
+
+
+def test_scorecard_with_enough_runs(tk: Toolkit) -> None:
+    """A declared plan (20 runs per arm, 5 s target) decides every metric."""
+    register(tk, rollout=RolloutPlan(min_runs=20, latency_target="5s"))
+    insert_runs(
+        tk,
+        JOB,
+        [
+            *arm("legacy", 200, failed=10, queue=0.2),
+            *arm("inngest", 40, failed=1, queue=12.0, error=TIMEOUT),
+        ],
+    )
+    job = build(tk, since=SINCE, until=UNTIL).jobs[0]
+    verdicts = {g.name: g.verdict for g in job.scorecard}
+    assert verdicts["runs failed by timeouts = 0"] is Verdict.FAIL
+    assert verdicts["queue-to-processing p95 < 5 s"] is Verdict.FAIL  # every run waited 12 s
+    assert verdicts["no increase in credit-handling errors"] is Verdict.PASS
+    assert verdicts["heartbeats delivered"] is Verdict.PASS
+    # 97.5% vs 95%: not shown worse; with 40 runs not yet shown within 1 pp either
+    assert verdicts["completion rate same or better"] in (Verdict.PASS, Verdict.INCONCLUSIVE)
+    assert job.arm("inngest").timeouts == 1 and job.arm("inngest").latencies.queue_over_target == 40
+
+
+def test_window_and_job_filter(tk: Toolkit) -> None:
+    register(tk)
+    insert_runs(tk, JOB, arm("legacy", 5, start=T0))
+    insert_runs(tk, "other-job", arm("inngest", 3, start=T0))
+    narrow = build(tk, since=T0 + timedelta(seconds=15), until=T0 + timedelta(seconds=35))
+    assert {(j.job, a.backend, a.runs) for j in narrow.jobs for a in j.arms} == {
+        (JOB, "legacy", 2),
+        ("other-job", "inngest", 1),
+    }
+    only = build(tk, job="other-job", since=SINCE, until=UNTIL)
+    assert [j.job for j in only.jobs] == ["other-job"]
+    assert only.jobs[0].new_backend == "inngest" and only.jobs[0].comparisons == []
+
+
+def test_rank_samples_are_capped_deterministically(tk: Toolkit) -> None:
+    register(tk)
+    n = 400
+    ids = [uuid.UUID(int=(i * 2**128) // n) for i in range(n)]  # evenly spread ids
+    seeds = [
+        Seed("legacy" if i % 2 else "inngest", "COMPLETED", T0 + timedelta(seconds=i), 1.0 + i)
+        for i in range(n)
+    ]
+    insert_runs(
+        tk, JOB, [Seed(**{**s.__dict__, "id": rid}) for s, rid in zip(seeds, ids, strict=True)]
+    )
+    [cmp] = build(tk, since=SINCE, until=UNTIL, sample_cap=50).jobs[0].comparisons
+    assert cmp.sampled and cmp.queue_test is not None
+    assert 40 <= cmp.queue_test.n_x <= 60 and 40 <= cmp.queue_test.n_y <= 60
+    again = build(tk, since=SINCE, until=UNTIL, sample_cap=50).jobs[0].comparisons[0]
+    assert again.queue_test == cmp.queue_test
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("filter_groups_max", [rq.FILTER_GROUPS_MAX, 0])
+def test_postgres_percentiles_equal_the_python_definition(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, filter_groups_max: int
+) -> None:
+    """percentile_cont (per-group FILTERs or one GROUP BY) = stats.quantile on the same rows."""
+    monkeypatch.setattr(rq, "FILTER_GROUPS_MAX", filter_groups_max)
+    tk = Toolkit(pg_url, legacy_mode="blocking")
+    try:
+        seed_mixed(tk)
+        insert_runs(tk, "other-job", arm("celery", 30, queue=7.25, duration=0.125))
+        window = rq.Window(SINCE, UNTIL)
+        groups = [(JOB, "legacy"), (JOB, "inngest"), ("other-job", "celery")]
+        targets = {JOB: 5.0}
+        with tk.db.transaction() as s:
+            sql = rq._latencies_pg(s, window, groups, targets, 10.0)
+            python = rq._latencies_python(s, window, groups, targets, 10.0)
+            queue = rq._latencies_pg(s, window, groups, targets, 10.0, ("queue",))
+            duration = rq._latencies_pg(s, window, groups, targets, 10.0, ("duration",))
+        assert sql.keys() == python.keys()
+        # one statement per metric (as the report runs them side by side) = both at once
+        assert {k: queue[k].merged(duration[k]) for k in groups} == sql
+        for key in groups:
+            assert sql[key].queue == pytest.approx(python[key].queue), key
+            assert sql[key].duration == pytest.approx(python[key].duration), key
+            assert sql[key].queue_over_target == python[key].queue_over_target, key
+        assert sql[(JOB, "legacy")].queue_over_target == 6  # 6..11 s > 5 s
+    finally:
+        tk.close()
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def cli(capsys: pytest.CaptureFixture[str], url: str, *args: str) -> tuple[int, str, str]:
+    code = main(["--database-url", url, "report", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_json_and_tables(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "220")
+    tk = Toolkit(db_url, legacy_mode="blocking")
+    try:
+        seed_mixed(tk)
+    finally:
+        tk.close()
+    window = ["--since", SINCE.isoformat(), "--until", UNTIL.isoformat()]
+    code, out, err = cli(capsys, db_url, *window, "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["window"] == {"since": SINCE.isoformat(), "until": UNTIL.isoformat()}
+    [job] = data["jobs"]
+    arms = {a["backend"]: a for a in job["arms"]}
+    assert arms["legacy"]["queue_seconds"] == pytest.approx({"p50": 6.0, "p95": 10.5, "p99": 10.9})
+    assert arms["inngest"]["credit_errors"] == {"unrefunded": 1, "refunds_without_failure": 1}
+    assert job["comparisons"][0]["queue_rank_test"]["p_new_slower"] == 0.0
+    assert [s["verdict"] for s in job["scorecard"]] == [
+        "PASS",
+        "INCONCLUSIVE",
+        "INCONCLUSIVE",
+        "FAIL",
+        "FAIL",
+    ]
+    assert data["negative_balances"] == ["neg"]
+    code, out, err = cli(capsys, db_url, *window)
+    assert code == 0, err
+    for text in ("Runs per job and backend", "Latency", "New - legacy", "Scorecard", "FAIL"):
+        assert text in out
+    assert "negative balances: 1 (neg)" in out
+
+
+def _state(url: str) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    from toolkit.models import AuditEntry, Run
+
+    tk = Toolkit(url, legacy_mode="blocking")
+    try:
+        with tk.db.transaction() as s:
+            return (s.scalar(select(func.count()).select_from(Run)) or 0), (
+                s.scalar(select(func.count()).select_from(AuditEntry)) or 0
+            )
+    finally:
+        tk.close()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--since", "yesterday"], "invalid --since 'yesterday'"),
+        (["--until", "soon"], "invalid --until 'soon'"),
+        (["--since", "1h", "--until", "2h"], "empty window"),
+        (["--job", "nope"], "unknown job 'nope'"),
+    ],
+)
+def test_bad_input_exits_2_and_changes_nothing(
+    db_url: str, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    tk = Toolkit(db_url, legacy_mode="blocking")
+    try:
+        insert_runs(tk, JOB, arm("legacy", 3, start=T0))
+    finally:
+        tk.close()
+    before = _state(db_url)
+    code, out, err = cli(capsys, db_url, *args)
+    assert code == 2, err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in out + err
+    assert _state(db_url) == before
+
+
+@pytest.mark.postgres
+def test_worker_connections_read_the_lead_snapshot(pg_url: str) -> None:
+    """Rows committed after the snapshot was exported are invisible to the lead and workers."""
+    from sqlalchemy import func, select
+
+    from toolkit.models import Run
+    from toolkit.snapshot import snapshot
+
+    tk = Toolkit(pg_url, legacy_mode="blocking")
+    try:
+        insert_runs(tk, JOB, arm("legacy", 3))
+
+        def runs(s: Any) -> int:
+            return int(s.scalar(select(func.count()).select_from(Run)))
+
+        with snapshot(tk.db, workers=2) as snap:
+            insert_runs(tk, JOB, arm("legacy", 2))  # another transaction, committed now
+            assert runs(snap.session) == 3
+            assert [snap.submit(runs).result() for _ in range(3)] == [3, 3, 3]
+        with tk.db.transaction() as s:
+            assert runs(s) == 5
+    finally:
+        tk.close()

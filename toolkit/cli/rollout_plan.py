@@ -1,0 +1,246 @@
+"""``toolkit rollout`` commands of the rollout plan: gates, advance, pause, resume, watch, and the
+aftermath of a rollback. Registered on the ``rollout`` group by :mod:`toolkit.cli.rollout`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+
+from toolkit.cli.context import CliContext, pass_ctx
+from toolkit.cli.render import console, emit_json, percentage, status, table, when
+from toolkit.cli.report import gates_table, verdict
+from toolkit.config import parse_duration
+from toolkit.gates import Action, step_text
+from toolkit.rollout import (
+    GatesFailed,
+    GatesInconclusive,
+    RollbackResult,
+    RolledBack,
+    RolloutController,
+    StepEvaluation,
+    Tick,
+)
+
+_REASON = click.option("--reason", required=True, help="Why: recorded in the audit log.")
+_ACTOR = click.option("--actor", default=None, help="Who (default $TOOLKIT_ACTOR or the OS user).")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def render_evaluation(ev: StepEvaluation) -> None:
+    st = ev.state
+    began = f"since {when(st.step_began)}" if st.step_began else "no rollout change yet"
+    nxt = f"{step_text(st.next_step)}" if st.next_step is not None else "none (last step)"
+    flags = " [yellow](paused)[/]" if st.view.paused else ""
+    flags += " [bold red](killed)[/]" if st.view.killed else ""
+    console().print(
+        gates_table(
+            f"Gates for {st.job} at {step_text(st.current)} → {nxt} on {st.backend}, {began}: "
+            f"{ev.verdict.value}{flags}",
+            ev.result.gates,
+        )
+    )
+
+
+def render_rollback(result: RollbackResult, verb: str) -> None:
+    out = console()
+    out.print(
+        f"[green]{verb}[/] {result.job}: {step_text(result.before)} → "
+        f"{percentage(result.view.percentage)} (version {result.view.version})"
+    )
+    if not result.in_flight:
+        out.print("nothing in flight on the new backend.")
+    for backend, counts in sorted(result.in_flight.items()):
+        out.print(
+            f"[yellow]draining on {backend}:[/] {counts['QUEUED']} queued, "
+            f"{counts['RUNNING']} running"
+        )
+    if result.runs:
+        out.print(
+            table(
+                "In flight on the new backend (they finish where they are)",
+                ["run id", "backend", "status", "created"],
+                [(r.id, r.backend, status(r.status), when(r.created_at)) for r in result.runs],
+            )
+        )
+    out.print("next (each is a dry run until --apply):")
+    for command in result.follow_ups:
+        out.print(f"  [bold]{command}[/]")
+
+
+def rollback_command(
+    obj: CliContext, job: str, reason: str, actor: str | None, ramp: bool, as_json: bool
+) -> None:
+    result = RolloutController(obj.toolkit).rollback(job, reason=reason, actor=actor, ramp=ramp)
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        render_rollback(result, "ramped down" if ramp else "rolled back")
+
+
+@click.command("gates")
+@click.argument("job")
+@_JSON
+@pass_ctx
+def gates(obj: CliContext, job: str, as_json: bool) -> None:
+    """Evaluate JOB's gates on the current step's runs, changing nothing."""
+    ev = RolloutController(obj.toolkit).evaluate(job)
+    if as_json:
+        emit_json(ev.as_dict())
+    else:
+        render_evaluation(ev)
+
+
+@click.command("advance")
+@click.argument("job")
+@click.option("--force", is_flag=True, help="Advance even if the gates do not pass (audited).")
+@click.option("--reason", default=None, help="Why; required with --force.")
+@_ACTOR
+@_JSON
+@pass_ctx
+def advance(
+    obj: CliContext, job: str, force: bool, reason: str | None, actor: str | None, as_json: bool
+) -> None:
+    """Move JOB one step along its plan when the gates pass; otherwise refuse (exit 1)."""
+    try:
+        moved = RolloutController(obj.toolkit).advance(job, force=force, reason=reason, actor=actor)
+    except (GatesFailed, GatesInconclusive) as exc:
+        if as_json:
+            emit_json(exc.evaluation.as_dict())
+        else:
+            render_evaluation(exc.evaluation)
+        raise
+    if as_json:
+        emit_json(moved.as_dict())
+        return
+    if moved.evaluation is not None:
+        render_evaluation(moved.evaluation)
+    how = "[bold yellow]forced[/] " if moved.forced else ""
+    started = " (rollout started: no gates at 0%)" if moved.evaluation is None else ""
+    console().print(
+        f"[green]advanced[/] {how}{job}: {step_text(moved.before.current)} → "
+        f"{percentage(moved.view.percentage)} (version {moved.view.version}){started}"
+    )
+
+
+def _hold(paused: bool):  # type: ignore[no-untyped-def]
+    verb = "pause" if paused else "resume"
+
+    @click.argument("job")
+    @_REASON
+    @_ACTOR
+    @pass_ctx
+    def command(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
+        view = RolloutController(obj.toolkit).set_paused(job, paused, reason=reason, actor=actor)
+        console().print(
+            f"[green]{verb}d[/] {job}: {percentage(view.percentage)} "
+            f"({'paused' if view.paused else 'not paused'}, version {view.version})"
+        )
+
+    command.__doc__ = (
+        "Hold JOB's rollout where it is: advance and watch will not move it forward."
+        if paused
+        else "Let advance and watch move JOB's rollout forward again."
+    )
+    return click.command(verb)(command)
+
+
+def _tick_line(tick: Tick) -> str:
+    ev = tick.evaluation
+    at = datetime.now().astimezone().strftime("%H:%M:%S")
+    head = f"{at} #{tick.number} {step_text(ev.state.current)} {verdict(ev.verdict)}"
+    if tick.advanced_to is not None:
+        return f"{head} → [green]advanced to {step_text(tick.advanced_to)}[/]"
+    if tick.action is Action.ROLLBACK:
+        return f"{head} → [bold red]rolling back[/]"
+    worst = ev.result.failing() or ev.result.inconclusive()
+    detail = "; ".join(f"{g.name}: {g.number}" for g in worst) or "all gates pass"
+    streak = f" [red](failing {tick.streak} in a row)[/]" if tick.streak else ""
+    return f"{head}{streak} [dim]{detail}[/]"
+
+
+@click.command("watch")
+@click.argument("job")
+@click.option("--interval", default="30s", show_default=True, help="Time between evaluations.")
+@click.option("--auto-advance", is_flag=True, help="Advance one step whenever the gates pass.")
+@click.option(
+    "--failures",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Consecutive failing evaluations that trigger the rollback.",
+)
+@click.option(
+    "--max-evaluations",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after N (default: run until Ctrl-C).",
+)
+@_ACTOR
+@_JSON
+@pass_ctx
+def watch(
+    obj: CliContext,
+    job: str,
+    interval: str,
+    auto_advance: bool,
+    failures: int,
+    max_evaluations: int | None,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Evaluate JOB's gates on a timer; roll back (and exit 1) after --failures failing ones."""
+    seconds = parse_duration(interval, what="--interval")
+    controller = RolloutController(obj.toolkit)
+    out = console()
+    seen = {"evaluations": 0}
+
+    def on_tick(tick: Tick) -> None:
+        seen["evaluations"] = tick.number
+        if as_json:
+            emit_json(
+                {
+                    "evaluation": tick.number,
+                    "action": tick.action.value,
+                    "streak": tick.streak,
+                    "advanced_to": float(tick.advanced_to) if tick.advanced_to else None,
+                    **tick.evaluation.as_dict(),
+                }
+            )
+        else:
+            out.print(_tick_line(tick))
+
+    try:
+        result = controller.watch(
+            job,
+            interval=seconds,
+            auto_advance=auto_advance,
+            failures=failures,
+            max_evaluations=max_evaluations,
+            actor=actor,
+            on_tick=on_tick,
+        )
+    except KeyboardInterrupt:
+        out.print(
+            f"watch stopped (Ctrl-C) after {seen['evaluations']} evaluations; "
+            f"{job} stays where it is."
+        )
+        return
+    if result.rollback is not None:
+        if as_json:
+            emit_json(result.rollback.as_dict())
+        else:
+            if result.last is not None:
+                render_evaluation(result.last)
+            render_rollback(result.rollback, "rolled back")
+        raise RolledBack(
+            f"watch rolled {job} back from {step_text(result.rollback.before)} after {failures} "
+            f"consecutive failing evaluations"
+        )
+    if not as_json:
+        out.print(f"watch done: {result.evaluations} evaluations, {job} not rolled back.")
+
+
+def register(group: click.Group) -> None:
+    for command in (gates, advance, _hold(True), _hold(False), watch):
+        group.add_command(command)

@@ -1,0 +1,185 @@
+"""Per-arm figures (one backend of one job over a window), read from one consistent snapshot.
+
+Shared by the report (:mod:`toolkit.report`) and the rollout controller (:mod:`toolkit.rollout`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from toolkit import report_queries as q
+from toolkit.gates import ArmCounts, RolloutPlan
+from toolkit.report_queries import Key, Samples, Window
+from toolkit.snapshot import snapshot
+from toolkit.stats import Interval, wilson
+
+if TYPE_CHECKING:
+    from toolkit.app import Toolkit
+
+LEGACY = "legacy"
+
+
+@dataclass
+class ArmStats:
+    """One backend of one job over the window."""
+
+    job: str
+    backend: str
+    runs: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    queued: int = 0
+    running: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    started: int = 0
+    missing_heartbeats: int = 0
+    fallbacks: int = 0
+    unrefunded: int = 0
+    refunds_without_failure: int = 0
+    latencies: q.Latencies = field(default_factory=q.Latencies)
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed + self.cancelled
+
+    @property
+    def in_flight(self) -> int:
+        return self.queued + self.running
+
+    @property
+    def credit_errors(self) -> int:
+        return self.unrefunded + self.refunds_without_failure
+
+    @property
+    def success(self) -> Interval | None:
+        return wilson(self.completed, self.finished)
+
+    def counts(self) -> ArmCounts:
+        return ArmCounts(
+            finished=self.finished,
+            completed=self.completed,
+            started=self.started,
+            queue_p95=self.latencies.queue[1],
+            queue_over_target=self.latencies.queue_over_target,
+            credit_errors=self.credit_errors,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        ci = self.success
+        return {
+            "backend": self.backend,
+            "runs": self.runs,
+            "completed": self.completed,
+            "failed": self.failed,
+            "cancelled": self.cancelled,
+            "in_flight": self.in_flight,
+            "success_rate": ci.estimate if ci else None,
+            "success_ci95": [ci.low, ci.high] if ci else None,
+            "queue_seconds": _percentiles(self.latencies.queue),
+            "duration_seconds": _percentiles(self.latencies.duration),
+            "retries": self.retries,
+            "timeouts": self.timeouts,
+            "fallbacks": self.fallbacks,
+            "credit_errors": {
+                "unrefunded": self.unrefunded,
+                "refunds_without_failure": self.refunds_without_failure,
+            },
+            "started": self.started,
+            "missing_heartbeats": self.missing_heartbeats,
+        }
+
+
+def _percentiles(values: tuple[float | None, ...]) -> dict[str, float | None]:
+    return dict(zip(("p50", "p95", "p99"), values, strict=True))
+
+
+@dataclass
+class Collected:
+    arms: dict[Key, ArmStats]
+    samples: dict[Key, Samples] = field(default_factory=dict)
+    negative_balances: list[str] = field(default_factory=list)
+
+
+def collect(
+    tk: Toolkit,
+    window: Window,
+    jobs: Sequence[str] | None,
+    targets: dict[str, float],
+    *,
+    sample_cap: int | None = None,
+    balances: bool = False,
+) -> Collected:
+    """Every figure over the window from one consistent read.
+
+    On PostgreSQL the percentiles (the heaviest work, one statement per metric) and the rank
+    samples run on two more connections sharing the snapshot, while the lead connection counts
+    credit errors and balances.
+    ``sample_cap`` None skips the rank samples; ``balances`` adds the negative balances.
+    """
+    with snapshot(tk.db, workers=2) as snap:
+        s = snap.session
+        counted, left = q.counts(s, window, jobs)
+        arms = {k: _arm(k, c) for k, c in counted.items()}
+        started = [k for k, a in arms.items() if a.started]
+        default = RolloutPlan().target_seconds
+        # One statement per metric on PostgreSQL: two server processes sort at once.
+        split = [(m,) for m in q.METRICS] if tk.db.is_postgres else [q.METRICS]
+
+        def percentiles(metrics: tuple[str, ...]) -> Callable[[Session], dict[Key, q.Latencies]]:
+            return lambda s2: q.latencies(s2, window, started, targets, default, metrics)
+
+        latencies = [snap.submit(percentiles(metrics)) for metrics in split]
+        compared = {k: arms[k].started for k in _compared(arms)} if sample_cap else {}
+        samples = (
+            snap.submit(
+                lambda s3: {
+                    k: q.samples(s3, window, *k, n, sample_cap or 0) for k, n in compared.items()
+                }
+            )
+            if compared
+            else None
+        )
+        for key, n in left.items():
+            arms.setdefault(key, ArmStats(*key)).fallbacks = n
+        for key, (unrefunded, unexplained) in q.credit_errors(s, window, jobs).items():
+            arm = arms.setdefault(key, ArmStats(*key))
+            arm.unrefunded, arm.refunds_without_failure = unrefunded, unexplained
+        out = Collected(arms)
+        if balances:
+            out.negative_balances = q.negative_balances(s)
+        if samples is not None:
+            out.samples = samples.result()
+        for part in latencies:
+            for key, lat in part.result().items():
+                arms[key].latencies = arms[key].latencies.merged(lat)
+    return out
+
+
+def _compared(arms: dict[Key, ArmStats]) -> list[Key]:
+    """The arms of jobs that have a legacy arm and at least one other."""
+    jobs = {j for j, b in arms if b == LEGACY}
+    paired = {j for j, b in arms if b != LEGACY and j in jobs}
+    return sorted(k for k in arms if k[0] in paired)
+
+
+def _arm(key: Key, c: dict[str, int]) -> ArmStats:
+    return ArmStats(
+        key[0],
+        key[1],
+        runs=c["runs"],
+        completed=c["completed"],
+        failed=c["failed"],
+        cancelled=c["cancelled"],
+        queued=c["queued"],
+        running=c["running"],
+        retries=c["retries"],
+        timeouts=c["timeouts"],
+        started=c["started"],
+        missing_heartbeats=c["missing_heartbeats"],
+    )
