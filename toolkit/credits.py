@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import case, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import String, bindparam, case, func, insert, literal, select, text, update
+from sqlalchemy.orm import Session, aliased
 
 from toolkit.db import Database
 from toolkit.errors import InsufficientCredits, InvalidInput
@@ -34,6 +37,19 @@ class LedgerTotals:
     @property
     def balance(self) -> int:
         return self.grants - self.debits + self.refunds
+
+
+# Lock the accounts in account order first (so concurrent sweeps cannot deadlock: a single
+# UPDATE ... FROM locks in whatever order its plan visits the rows), then credit them.
+_LOCK_ACCOUNTS = text(
+    "SELECT 1 FROM toolkit_credit_accounts WHERE account = ANY(:accounts) "
+    "ORDER BY account FOR UPDATE"
+)
+_CREDIT_ACCOUNTS = text(
+    "UPDATE toolkit_credit_accounts AS a SET balance = a.balance + v.delta, updated_at = :now "
+    "FROM unnest(CAST(:accounts AS varchar[]), CAST(:deltas AS bigint[])) AS v(account, delta) "
+    "WHERE a.account = v.account"
+)
 
 
 class Credits:
@@ -142,6 +158,66 @@ class Credits:
             .values(balance=CreditAccount.balance + debit.amount, updated_at=utcnow())
         )
         return True
+
+    def refund_many_in(
+        self, s: Session, run_ids: Sequence[uuid.UUID], *, reason: str
+    ) -> dict[uuid.UUID, int]:
+        """The batch form of :meth:`refund_in`: each run's debit is refunded at most once.
+
+        The same rule: ``INSERT ... ON CONFLICT (run_id, kind) DO NOTHING RETURNING`` (here as
+        one ``INSERT ... SELECT`` from the runs' debits), and only the refunds this statement
+        inserted credit their accounts, locked in account order. Call it once per transaction:
+        two calls lock two sets of accounts, each in order but not together, and concurrent
+        sweeps could then deadlock.
+        Returns ``{run_id: amount}`` for the refunds made here.
+        """
+        if not run_ids:
+            return {}
+        now = utcnow()
+        debit = aliased(CreditEntry, name="debit")
+        refunds = (
+            self._db.insert(CreditEntry)
+            .from_select(
+                ["account", "run_id", "kind", "amount", "reason", "created_at"],
+                select(
+                    debit.account,
+                    debit.run_id,
+                    literal(LedgerKind.REFUND.value, String()),
+                    debit.amount,
+                    literal(reason[:500], String()),
+                    literal(now, CreditEntry.created_at.type),
+                ).where(
+                    self._db.among(debit.run_id, run_ids), debit.kind == LedgerKind.DEBIT.value
+                ),
+            )
+            .on_conflict_do_nothing(index_elements=["run_id", "kind"])
+            .returning(CreditEntry.run_id, CreditEntry.account, CreditEntry.amount)
+        )
+        inserted = s.connection().execute(refunds).all()
+        per_account: dict[str, int] = defaultdict(int)
+        for row in inserted:
+            per_account[row.account] += row.amount
+        if per_account:
+            self._credit_accounts(s, per_account, now)
+        return {row.run_id: row.amount for row in inserted}
+
+    def _credit_accounts(self, s: Session, amounts: dict[str, int], now: datetime) -> None:
+        """Add ``amounts`` to their accounts, locking the rows in account order."""
+        accounts = sorted(amounts)
+        if not self._db.is_postgres:  # SQLite: one writer at a time, no lock order to keep
+            s.connection().execute(
+                update(CreditAccount)
+                .where(CreditAccount.account == bindparam("credited"))
+                .values(balance=CreditAccount.balance + bindparam("delta"), updated_at=now),
+                [{"credited": a, "delta": amounts[a]} for a in accounts],
+            )
+            return
+        # One statement instead of one per account; the locks are taken first, in order.
+        s.execute(_LOCK_ACCOUNTS, {"accounts": accounts})
+        s.execute(
+            _CREDIT_ACCOUNTS,
+            {"accounts": accounts, "deltas": [amounts[a] for a in accounts], "now": now},
+        )
 
     # --- helpers -----------------------------------------------------------------------
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib.resources import files
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import ARRAY, Engine, String, Uuid, any_, bindparam, cast, create_engine, event, exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -110,6 +111,14 @@ class Database:
         if self.is_postgres:
             return postgresql.insert(table)
         return sqlite.insert(table)
+
+    def among(self, column: Any, ids: Sequence[uuid.UUID]) -> Any:
+        """``column IN ids``; on PostgreSQL one ``uuid[]`` parameter instead of one per id (sent
+        as a single array literal: the driver's per-element quoting costs more than the query)."""
+        if self.is_postgres:
+            literal_ids = "{" + ",".join(map(str, ids)) + "}"
+            return column == any_(cast(bindparam(None, literal_ids, type_=String()), ARRAY(Uuid())))
+        return column.in_(ids)
 
     def migrate(self, revision: str = "head") -> None:
         from alembic import command

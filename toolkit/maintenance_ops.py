@@ -74,7 +74,7 @@ class RefundSweep(Sweep):
 
     def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
         # One call for the whole batch: its accounts are locked together, in order.
-        refunded = self.tk.runtime.refund_many_in(
+        refunded = self.tk.credits.refund_many_in(
             s, [r.id for r in rows], reason="refund sweep: run failed or cancelled"
         )
         return [

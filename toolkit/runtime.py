@@ -13,30 +13,22 @@ import logging
 import random
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
-    String,
     Text,
-    Uuid,
     and_,
-    any_,
-    bindparam,
     case,
-    cast,
     func,
     literal,
     or_,
     select,
-    text,
     update,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from toolkit.config import RetryPolicy
 from toolkit.credits import Credits
@@ -50,10 +42,7 @@ from toolkit.errors import (
 from toolkit.jobs import JobContext, JobRegistry, JobSpec
 from toolkit.models import (
     TERMINAL,
-    CreditAccount,
-    CreditEntry,
     DeadLetter,
-    LedgerKind,
     Run,
     RunStatus,
     Step,
@@ -97,28 +86,6 @@ def to_json(value: Any, *, what: str) -> Any:
 
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:4000]
-
-
-# Lock the accounts in account order first (so concurrent sweeps cannot deadlock: a single
-# UPDATE ... FROM locks in whatever order its plan visits the rows), then credit them.
-_LOCK_ACCOUNTS = text(
-    "SELECT 1 FROM toolkit_credit_accounts WHERE account = ANY(:accounts) "
-    "ORDER BY account FOR UPDATE"
-)
-_CREDIT_ACCOUNTS = text(
-    "UPDATE toolkit_credit_accounts AS a SET balance = a.balance + v.delta, updated_at = :now "
-    "FROM unnest(CAST(:accounts AS varchar[]), CAST(:deltas AS bigint[])) AS v(account, delta) "
-    "WHERE a.account = v.account"
-)
-
-
-def _among(db: Database, column: Any, ids: Sequence[uuid.UUID]) -> Any:
-    """``column IN ids``; on PostgreSQL one ``uuid[]`` parameter instead of one per id (sent
-    as a single array literal: the driver's per-element quoting costs more than the query)."""
-    if db.is_postgres:
-        literal_ids = "{" + ",".join(map(str, ids)) + "}"
-        return column == any_(cast(bindparam(None, literal_ids, type_=String()), ARRAY(Uuid())))
-    return column.in_(ids)
 
 
 class Runtime:
@@ -374,7 +341,7 @@ class Runtime:
 
         Only runs still in an ``expected`` state move (one conditional UPDATE); ``error`` may
         differ per expected state (``{status: error}``). Each moved run gets its dead letter,
-        and all of them their refunds in one :meth:`refund_many_in` (refund ``reason``: by
+        and all of them their refunds in one ``Credits.refund_many_in`` (refund ``reason``: by
         default "run failed: <error>"). Returns ``{run_id: credits refunded}`` for the runs
         this call failed.
         """
@@ -388,7 +355,7 @@ class Runtime:
         now = utcnow()
         moved = s.scalars(
             update(Run)
-            .where(_among(self.db, Run.id, run_ids), Run.status.in_([st.value for st in errors]))
+            .where(self.db.among(Run.id, run_ids), Run.status.in_([st.value for st in errors]))
             .values(status=RunStatus.FAILED, error=message, finished_at=now)
             .returning(Run.id)
             .execution_options(synchronize_session=False)
@@ -406,75 +373,15 @@ class Runtime:
                     Run.error,
                     Run.attempts,
                     literal(now, DeadLetter.created_at.type),
-                ).where(_among(self.db, Run.id, moved)),
+                ).where(self.db.among(Run.id, moved)),
             )
             .on_conflict_do_nothing(index_elements=["run_id"])
         )
         if reason is None:
             reason = f"run failed: {error[:200]}" if isinstance(error, str) else "run failed"
-        refunded = self.refund_many_in(s, moved, reason=reason)
+        refunded = self.credits.refund_many_in(s, moved, reason=reason)
         log.info("%d runs failed: %s", len(moved), reason)
         return {run_id: refunded.get(run_id, 0) for run_id in moved}
-
-    def refund_many_in(
-        self, s: Session, run_ids: Sequence[uuid.UUID], *, reason: str
-    ) -> dict[uuid.UUID, int]:
-        """The batch form of ``Credits.refund_in``: each run's debit is refunded at most once.
-
-        The same rule: ``INSERT ... ON CONFLICT (run_id, kind) DO NOTHING RETURNING`` (here as
-        one ``INSERT ... SELECT`` from the runs' debits), and only the refunds this statement
-        inserted credit their accounts, locked in account order. Call it once per transaction:
-        two calls lock two sets of accounts, each in order but not together, and concurrent
-        sweeps could then deadlock.
-        Returns ``{run_id: amount}`` for the refunds made here.
-        """
-        if not run_ids:
-            return {}
-        now = utcnow()
-        debit = aliased(CreditEntry, name="debit")
-        refunds = (
-            self.db.insert(CreditEntry)
-            .from_select(
-                ["account", "run_id", "kind", "amount", "reason", "created_at"],
-                select(
-                    debit.account,
-                    debit.run_id,
-                    literal(LedgerKind.REFUND.value, String()),
-                    debit.amount,
-                    literal(reason[:500], String()),
-                    literal(now, CreditEntry.created_at.type),
-                ).where(
-                    _among(self.db, debit.run_id, run_ids), debit.kind == LedgerKind.DEBIT.value
-                ),
-            )
-            .on_conflict_do_nothing(index_elements=["run_id", "kind"])
-            .returning(CreditEntry.run_id, CreditEntry.account, CreditEntry.amount)
-        )
-        inserted = s.connection().execute(refunds).all()
-        per_account: dict[str, int] = defaultdict(int)
-        for row in inserted:
-            per_account[row.account] += row.amount
-        if per_account:
-            self._credit_accounts(s, per_account, now)
-        return {row.run_id: row.amount for row in inserted}
-
-    def _credit_accounts(self, s: Session, amounts: dict[str, int], now: datetime) -> None:
-        """Add ``amounts`` to their accounts, locking the rows in account order."""
-        accounts = sorted(amounts)
-        if not self.db.is_postgres:  # SQLite: one writer at a time, no lock order to keep
-            s.connection().execute(
-                update(CreditAccount)
-                .where(CreditAccount.account == bindparam("credited"))
-                .values(balance=CreditAccount.balance + bindparam("delta"), updated_at=now),
-                [{"credited": a, "delta": amounts[a]} for a in accounts],
-            )
-            return
-        # One statement instead of one per account; the locks are taken first, in order.
-        s.execute(_LOCK_ACCOUNTS, {"accounts": accounts})
-        s.execute(
-            _CREDIT_ACCOUNTS,
-            {"accounts": accounts, "deltas": [amounts[a] for a in accounts], "now": now},
-        )
 
     @staticmethod
     def _move(

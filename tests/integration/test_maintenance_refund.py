@@ -133,7 +133,7 @@ def test_crash_mid_sweep_keeps_whole_batches_and_the_next_run_completes(
 ) -> None:
     run_ids = dispatch(tk, 10)
     owe(tk, run_ids)
-    real = tk.runtime.refund_many_in
+    real = tk.credits.refund_many_in
     calls = []
 
     def dies_in_third_batch(s, ids, **kw):  # type: ignore[no-untyped-def]
@@ -143,13 +143,13 @@ def test_crash_mid_sweep_keeps_whole_batches_and_the_next_run_completes(
             raise DatabaseError("connection lost")  # ... and the transaction never commits
         return done
 
-    monkeypatch.setattr(tk.runtime, "refund_many_in", dies_in_third_batch)
+    monkeypatch.setattr(tk.credits, "refund_many_in", dies_in_third_batch)
     with pytest.raises(DatabaseError):
         maintenance_ops.refund(tk, Filters(batch_size=3), apply=True)
     assert len(refunds(tk)) == 6 and len(audit(tk)) == 2  # two whole batches, no part of one
     check_ledger(tk)
 
-    monkeypatch.setattr(tk.runtime, "refund_many_in", real)
+    monkeypatch.setattr(tk.credits, "refund_many_in", real)
     rest = maintenance_ops.refund(tk, Filters(batch_size=3), apply=True)
     assert rest.changed == 4
     assert refunds(tk) == {rid: 1 for rid in run_ids}
