@@ -8,7 +8,19 @@ from contextlib import contextmanager
 from importlib.resources import files
 from typing import Any
 
-from sqlalchemy import ARRAY, Engine, String, Uuid, any_, bindparam, cast, create_engine, event, exc
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Engine,
+    String,
+    Uuid,
+    any_,
+    bindparam,
+    cast,
+    create_engine,
+    event,
+    exc,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -105,6 +117,15 @@ class Database:
             raise _database_error(self.url, err) from err
         finally:
             session.close()
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A Core transaction: for hot single-statement paths that need no ORM session."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (exc.OperationalError, exc.ProgrammingError) as err:
+            raise _database_error(self.url, err) from err
 
     def insert(self, table: Any) -> Any:
         """A dialect INSERT that supports ``on_conflict_do_nothing``."""

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     Text,
     and_,
     case,
@@ -153,8 +154,8 @@ class Runtime:
                     running, or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < stale_before)
                 )
             claimable = or_(claimable, running)
-        with self.db.transaction() as s:
-            row = s.execute(
+        with self.db.connect() as conn:
+            row = conn.execute(
                 update(Run)
                 .where(Run.id == run_id, claimable)
                 .values(
@@ -193,18 +194,26 @@ class Runtime:
             values["external_id"] = external_id[:200]
         ours = (Run.id == run_id, Run.backend == backend)
         with self.db.transaction() as s:
-            row = s.execute(
-                update(Run)
-                .where(*ours, Run.status == RunStatus.QUEUED)
-                .values(**values)
-                .returning(Run.job, Run.attempts, Run.payload, Run.started_at)
-            ).one_or_none()
+            row = (
+                s.connection()
+                .execute(
+                    update(Run)
+                    .where(*ours, Run.status == RunStatus.QUEUED)
+                    .values(**values)
+                    .returning(Run.job, Run.attempts, Run.payload, Run.started_at)
+                )
+                .one_or_none()
+            )
             if row is None:
-                row = s.execute(
-                    select(Run.job, Run.attempts, Run.payload, Run.started_at).where(
-                        *ours, Run.status == RunStatus.RUNNING
+                row = (
+                    s.connection()
+                    .execute(
+                        select(Run.job, Run.attempts, Run.payload, Run.started_at).where(
+                            *ours, Run.status == RunStatus.RUNNING
+                        )
                     )
-                ).one_or_none()
+                    .one_or_none()
+                )
         if row is None:
             return None
         return Claim(run_id, row.attempts, self.jobs.get(row.job), row.payload)
@@ -217,7 +226,7 @@ class Runtime:
         caller stops before running the step.
         """
         with self.db.transaction() as s:
-            alive = s.execute(
+            alive = s.connection().execute(
                 update(Run)
                 .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
                 .values(
@@ -225,12 +234,12 @@ class Runtime:
                     attempts=case((Run.attempts < attempt, attempt), else_=Run.attempts),
                 )
             )
-            return alive.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+            return alive.rowcount == 1
 
     def heartbeat(self, claim: Claim) -> bool:
         """Mark the attempt alive between steps; False once it no longer owns the run."""
         with self.db.transaction() as s:
-            alive = s.execute(
+            alive = s.connection().execute(
                 update(Run)
                 .where(
                     Run.id == claim.run_id,
@@ -239,12 +248,12 @@ class Runtime:
                 )
                 .values(heartbeat_at=utcnow())
             )
-            return alive.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+            return alive.rowcount == 1
 
     def complete(self, run_id: uuid.UUID, attempt: int | None, result: Any) -> bool:
-        with self.db.transaction() as s:
+        with self.db.connect() as conn:
             return self._move(
-                s,
+                conn,
                 run_id,
                 RunStatus.RUNNING,
                 RunStatus.COMPLETED,
@@ -256,9 +265,9 @@ class Runtime:
 
     def requeue(self, run_id: uuid.UUID, attempt: int, error: str, delay: float) -> bool:
         """RUNNING → QUEUED for a retry that waits ``delay`` seconds."""
-        with self.db.transaction() as s:
+        with self.db.connect() as conn:
             return self._move(
-                s,
+                conn,
                 run_id,
                 RunStatus.RUNNING,
                 RunStatus.QUEUED,
@@ -280,7 +289,7 @@ class Runtime:
             moved = False
             for status in expected:
                 if self._move(
-                    s,
+                    s.connection(),
                     run_id,
                     status,
                     RunStatus.FAILED,
@@ -314,7 +323,7 @@ class Runtime:
         with self.db.transaction() as s:
             for status in (RunStatus.QUEUED, RunStatus.RUNNING):
                 if self._move(
-                    s,
+                    s.connection(),
                     run_id,
                     status,
                     RunStatus.CANCELLED,
@@ -385,7 +394,7 @@ class Runtime:
 
     @staticmethod
     def _move(
-        s: Session,
+        conn: Connection,
         run_id: uuid.UUID,
         expected: RunStatus,
         target: RunStatus,
@@ -397,10 +406,8 @@ class Runtime:
         query = update(Run).where(Run.id == run_id, Run.status == expected)
         if attempt is not None:
             query = query.where(Run.attempts == attempt)
-        moved = s.execute(
-            query.values(status=target, **values).execution_options(synchronize_session=False)
-        )
-        return moved.rowcount == 1  # type: ignore[attr-defined,no-any-return]
+        moved = conn.execute(query.values(status=target, **values))
+        return moved.rowcount == 1
 
     # --- one attempt ----------------------------------------------------------------------
 
@@ -475,7 +482,7 @@ class Runtime:
             if error is None:
                 # A lost attempt must not publish output: the run's new owner re-runs the step.
                 self._fence(s, claim, now)
-            s.execute(
+            s.connection().execute(
                 update(Step)
                 .where(
                     Step.run_id == claim.run_id,
@@ -492,7 +499,7 @@ class Runtime:
 
     @staticmethod
     def _fence(s: Session, claim: Claim, now: datetime) -> None:
-        alive = s.execute(
+        alive = s.connection().execute(
             update(Run)
             .where(
                 Run.id == claim.run_id,
@@ -501,7 +508,7 @@ class Runtime:
             )
             .values(heartbeat_at=now)
         )
-        if alive.rowcount != 1:  # type: ignore[attr-defined]
+        if alive.rowcount != 1:
             raise RunLost(f"run {claim.run_id} attempt {claim.attempt} no longer owns the run")
 
 
