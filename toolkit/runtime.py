@@ -8,7 +8,6 @@ Backends call these pieces; none of them re-implements the lifecycle.
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import random
 import time
@@ -35,21 +34,19 @@ from toolkit.config import RetryPolicy
 from toolkit.credits import Credits
 from toolkit.db import Database
 from toolkit.errors import (
-    JobTimeout,
     NonRetriableError,
     RunLost,
-    StepOutputNotSerializable,
 )
-from toolkit.jobs import JobContext, JobRegistry, JobSpec
+from toolkit.jobs import JobRegistry, JobSpec
 from toolkit.models import (
     TERMINAL,
     DeadLetter,
     Run,
     RunStatus,
-    Step,
-    StepStatus,
     utcnow,
 )
+from toolkit.serialization import describe, to_json
+from toolkit.steps import DatabaseJobContext, StepMemo
 
 log = logging.getLogger("toolkit.runtime")
 
@@ -77,18 +74,6 @@ class Claim:
     payload: Any
 
 
-def to_json(value: Any, *, what: str) -> Any:
-    """The value as it will come back from the database, or a clear error if it cannot."""
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise StepOutputNotSerializable(f"{what} is not JSON-serializable: {exc}") from exc
-
-
-def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:4000]
-
-
 class Runtime:
     def __init__(
         self,
@@ -106,6 +91,7 @@ class Runtime:
         self.base_delay = base_delay
         self.max_delay = max_delay
         self.rng = rng
+        self.steps = StepMemo(db)
 
     def retry_policy(self, job: JobSpec) -> RetryPolicy:
         return RetryPolicy(job.retries, self.base_delay, self.max_delay)
@@ -413,7 +399,7 @@ class Runtime:
 
     def attempt(self, claim: Claim) -> AttemptResult:
         job = claim.job
-        ctx = DatabaseJobContext(self, claim, deadline=time.monotonic() + job.timeout)
+        ctx = DatabaseJobContext(self.steps, claim, deadline=time.monotonic() + job.timeout)
         try:
             value = job.fn(ctx, claim.payload)
             result = to_json(value, what=f"the result of job {job.name!r}")
@@ -444,98 +430,3 @@ class Runtime:
         if self.fail(claim.run_id, error, attempt=claim.attempt):
             return AttemptResult(Outcome.FAILED, claim.attempt, error=error)
         return AttemptResult(Outcome.SKIPPED, claim.attempt)
-
-    # --- step memo -------------------------------------------------------------------------
-
-    def memoized(self, claim: Claim, step_id: str) -> tuple[bool, Any]:
-        """Fence the attempt, beat the heart, and return a finished step's stored output."""
-        now = utcnow()
-        with self.db.transaction() as s:
-            self._fence(s, claim, now)
-            step = s.execute(
-                select(Step).where(Step.run_id == claim.run_id, Step.name == step_id)
-            ).scalar_one_or_none()
-            if step is not None and step.status == StepStatus.COMPLETED:
-                return True, step.output
-            if step is None:
-                s.add(
-                    Step(
-                        run_id=claim.run_id,
-                        name=step_id,
-                        status=StepStatus.RUNNING,
-                        attempt=claim.attempt,
-                        started_at=now,
-                    )
-                )
-            else:
-                step.status = StepStatus.RUNNING
-                step.attempt = claim.attempt
-                step.started_at = now
-                step.error = None
-        return False, None
-
-    def finish_step(
-        self, claim: Claim, step_id: str, *, output: Any = None, error: str | None = None
-    ) -> None:
-        now = utcnow()
-        with self.db.transaction() as s:
-            if error is None:
-                # A lost attempt must not publish output: the run's new owner re-runs the step.
-                self._fence(s, claim, now)
-            s.connection().execute(
-                update(Step)
-                .where(
-                    Step.run_id == claim.run_id,
-                    Step.name == step_id,
-                    Step.status == StepStatus.RUNNING,
-                )
-                .values(
-                    status=StepStatus.FAILED if error else StepStatus.COMPLETED,
-                    output=output,
-                    error=error,
-                    finished_at=now,
-                )
-            )
-
-    @staticmethod
-    def _fence(s: Session, claim: Claim, now: datetime) -> None:
-        alive = s.connection().execute(
-            update(Run)
-            .where(
-                Run.id == claim.run_id,
-                Run.status == RunStatus.RUNNING,
-                Run.attempts == claim.attempt,
-            )
-            .values(heartbeat_at=now)
-        )
-        if alive.rowcount != 1:
-            raise RunLost(f"run {claim.run_id} attempt {claim.attempt} no longer owns the run")
-
-
-class DatabaseJobContext(JobContext):
-    """Step memo in the steps table: used by the legacy and Celery backends."""
-
-    def __init__(self, runtime: Runtime, claim: Claim, *, deadline: float) -> None:
-        super().__init__(claim.run_id, claim.attempt, claim.job, claim.payload)
-        self._runtime = runtime
-        self._claim = claim
-        self._deadline = deadline
-
-    def _run_step(
-        self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        done, output = self._runtime.memoized(self._claim, step_id)
-        if done:
-            return output
-        if time.monotonic() > self._deadline:
-            raise JobTimeout(
-                f"run exceeded the {self.job.timeout:g}s timeout of job "
-                f"{self.job.name!r} before step {step_id!r}"
-            )
-        try:
-            output = to_json(fn(*args, **kwargs), what=f"the output of step {step_id!r}")
-        except Exception as exc:
-            self._runtime.finish_step(self._claim, step_id, error=describe(exc))
-            raise
-        self._runtime.finish_step(self._claim, step_id, output=output)
-        return output

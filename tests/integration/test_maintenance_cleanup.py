@@ -114,7 +114,7 @@ def test_a_cleaned_up_attempt_that_is_still_alive_is_fenced_out(tk: Toolkit) -> 
     make_stuck(tk, [run_id], recoveries=3)
     assert cleanup(tk, apply=True).changed == 1
     with pytest.raises(RunLost):
-        tk.runtime.memoized(claim, "predict-gpt")  # its next step stops it
+        tk.runtime.steps.memoized(claim, "predict-gpt")  # its next step stops it
     assert not tk.runtime.complete(run_id, claim.attempt, {"late": True})
     assert run_row(tk, run_id).status == "FAILED"
     check_ledger(tk, all_refunded=True)

@@ -176,7 +176,7 @@ def test_the_old_attempt_of_a_recovered_running_run_is_fenced_out(
     make_stuck(tk, [run_id])
     assert recover(tk, apply=True).changed == 1
     with pytest.raises(RunLost):
-        tk.runtime.memoized(old, "predict-gpt")
+        tk.runtime.steps.memoized(old, "predict-gpt")
     new = tk.runtime.claim(run_id)
     assert new is not None and new.attempt == old.attempt + 1
     assert not tk.runtime.complete(run_id, old.attempt, {"late": True})

@@ -26,7 +26,7 @@ from toolkit.backends.inngest_functions import (
     function_id,
 )
 from toolkit.errors import BackendUnavailable
-from toolkit.runtime import describe
+from toolkit.serialization import describe
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

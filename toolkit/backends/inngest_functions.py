@@ -22,7 +22,8 @@ from sqlalchemy import select
 from toolkit.errors import ConfigError, NonRetriableError
 from toolkit.jobs import JobContext, JobSpec
 from toolkit.models import Run, RunStatus
-from toolkit.runtime import Runtime, describe, to_json
+from toolkit.runtime import Runtime
+from toolkit.serialization import describe, to_json
 
 START_STEP = "toolkit/start"
 COMPLETE_STEP = "toolkit/complete"
