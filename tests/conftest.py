@@ -22,6 +22,7 @@ from toolkit.db import Database
 PG_ADMIN_URL = os.environ.get(
     "TOOLKIT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 TABLES = (
@@ -105,3 +106,13 @@ def tk(db_url: str) -> Iterator[Toolkit]:
     toolkit = make_toolkit(db_url)
     yield toolkit
     toolkit.close()
+
+
+@pytest.fixture
+def cli_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """In-process CLI runs: the database from the environment, a fixed actor, wide tables."""
+    monkeypatch.setenv("TOOLKIT_DATABASE_URL", db_url)
+    monkeypatch.setenv("TOOLKIT_ACTOR", "tester")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(ROOT)
+    return db_url

@@ -19,15 +19,6 @@ APP = "tests.cli_app:build"
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def cli_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("TOOLKIT_DATABASE_URL", db_url)
-    monkeypatch.setenv("TOOLKIT_ACTOR", "tester")
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.chdir(ROOT)
-    return db_url
-
-
 def toolkit(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(["--app", APP, *args])
     out, err = capsys.readouterr()

@@ -37,15 +37,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def cli_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("TOOLKIT_DATABASE_URL", db_url)
-    monkeypatch.setenv("TOOLKIT_ACTOR", "tester")
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.chdir(ROOT)
-    return db_url
-
-
-@pytest.fixture
 def seeded(cli_env: str) -> Iterator[Toolkit]:
     """Four owed runs, two stuck ones recovery gave up on, two it may still recover."""
     tk = make_toolkit(cli_env)

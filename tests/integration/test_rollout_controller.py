@@ -337,15 +337,6 @@ def test_watch_checks_its_arguments(tk: Toolkit) -> None:
 # --- CLI ------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("TOOLKIT_DATABASE_URL", db_url)
-    monkeypatch.setenv("TOOLKIT_ACTOR", "tester")
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.chdir(ROOT)
-    return db_url
-
-
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(["--app", APP, *args])
     out, err = capsys.readouterr()
