@@ -1,7 +1,6 @@
 """Move inline background work onto durable engines behind a percentage flag, reversibly."""
 
 from toolkit.app import Toolkit
-from toolkit.dispatcher import DispatchRequest, Route, RunHandle
 from toolkit.errors import (
     BackendUnavailable,
     InsufficientCredits,
@@ -11,6 +10,7 @@ from toolkit.errors import (
     UnknownJob,
     UnknownRun,
 )
+from toolkit.handles import DispatchRequest, Route, RunHandle
 from toolkit.jobs import JobContext, JobSpec, RateLimit
 from toolkit.models import RunStatus
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,11 @@ from toolkit.errors import ConfigError, DatabaseError
 
 VERSION_TABLE = "toolkit_alembic_version"
 
+# A pooled connection idle longer than this is pinged before use. A busy process reuses its
+# connections within milliseconds and skips the round trip; after a server restart, the first
+# error on a connection marks the whole pool stale and every later checkout reconnects.
+PING_IDLE_AFTER = 1.0
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     try:
@@ -38,13 +44,15 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         else:
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-            kwargs.setdefault("pool_pre_ping", True)
+            ping_idle_after = float(kwargs.pop("ping_idle_after", PING_IDLE_AFTER))
             # No automatic server-side prepares: a generic plan cached while toolkit_runs was
             # small scans the status index instead of the primary key once the table grows.
             connect_args = dict(kwargs.pop("connect_args", {}))
             connect_args.setdefault("prepare_threshold", None)
             kwargs["connect_args"] = connect_args
             engine = create_engine(url, **kwargs)
+            if not kwargs.get("pool_pre_ping"):
+                _ping_when_idle(engine, ping_idle_after)
     except exc.NoSuchModuleError as err:
         raise ConfigError(f"unsupported database URL {_safe(url)!r}: {err}") from err
     except exc.ArgumentError as err:
@@ -54,6 +62,28 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             f"no driver for {_safe(url)!r} ({err.name}): pip install 'toolkit[postgres]'"
         ) from err
     return engine
+
+
+def _ping_when_idle(engine: Engine, idle_after: float) -> None:
+    """``pool_pre_ping``, but only for connections that sat idle: a ping per transaction costs a
+    round trip on every hot path (dispatch, claim, complete), while a connection just returned
+    by this process was alive a moment ago."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["toolkit_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("toolkit_idle_since")
+        if since is None or time.monotonic() - since < idle_after:
+            return  # brand-new connection, or one in use a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as err:
+            raise exc.DisconnectionError(f"stale pooled connection: {err}") from err
+        if not alive:
+            raise exc.DisconnectionError("stale pooled connection")
 
 
 def _safe(url: str) -> str:
@@ -101,6 +131,13 @@ class Database:
         self.engine = make_engine(url, **engine_kwargs)
         self.dialect = self.engine.dialect.name
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # One statement, committed by itself: no BEGIN/COMMIT round trips. SQLite keeps its
+        # BEGIN IMMEDIATE transactions (see autocommit()).
+        self._autocommit = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.is_postgres
+            else None
+        )
 
     @property
     def is_postgres(self) -> bool:
@@ -123,6 +160,22 @@ class Database:
         """A Core transaction: for hot single-statement paths that need no ORM session."""
         try:
             with self.engine.begin() as conn:
+                yield conn
+        except (exc.OperationalError, exc.ProgrammingError) as err:
+            raise _database_error(self.url, err) from err
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """For a statement that is atomic on its own (one conditional UPDATE, one INSERT): each
+        statement commits as it runs, saving the BEGIN and COMMIT round trips of a transaction.
+        Never use it for two writes that must commit together. On SQLite it is a transaction.
+        """
+        if self._autocommit is None:
+            with self.connect() as conn:
+                yield conn
+            return
+        try:
+            with self._autocommit.connect() as conn:
                 yield conn
         except (exc.OperationalError, exc.ProgrammingError) as err:
             raise _database_error(self.url, err) from err

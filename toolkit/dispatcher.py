@@ -7,106 +7,52 @@ run that is already in flight.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from openfeature.client import OpenFeatureClient
 from openfeature.evaluation_context import EvaluationContext
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from toolkit.backends.base import BaseBackend, SubmittedRun
-from toolkit.errors import BackendUnavailable, InvalidInput, InvalidPayload
+from toolkit.errors import BackendUnavailable, InvalidInput
+from toolkit.handles import (
+    LEGACY,
+    DispatchRequest,
+    Reroute,
+    Route,
+    RunHandle,
+    as_request,
+    check_payload,
+    check_str,
+)
 from toolkit.jobs import JobSpec
 from toolkit.models import CreditEntry, LedgerKind, Run, RunStatus, utcnow
 
 if TYPE_CHECKING:
     from toolkit.app import Toolkit
 
+__all__ = ["LEGACY", "DispatchRequest", "Dispatcher", "Reroute", "Route", "RunHandle"]
+
 log = logging.getLogger("toolkit.dispatcher")
-
-LEGACY = "legacy"
-
-
-@dataclass(frozen=True)
-class Route:
-    """Which backend a key gets and why, as the OpenFeature client answered."""
-
-    job: str
-    key: str
-    backend: str
-    reason: str
-    variant: str | None = None
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass(frozen=True)
-class Reroute:
-    """A recovered run, moved back to QUEUED on the backend the flag chose again."""
-
-    run: SubmittedRun
-    route: Route
-    previous_backend: str
-    recovery: int  # the run's recovery count, this one included
-
-
-@dataclass(frozen=True)
-class DispatchRequest:
-    payload: Any
-    key: str | None = None
-    idempotency_key: str | None = None
-    account: str | None = None
-
-
-@dataclass
-class RunHandle:
-    run_id: uuid.UUID
-    job: str
-    backend: str
-    status: str
-    created: bool = True
-    route_reason: str | None = None
-    fallback_from: str | None = None
-    error: str | None = None
-    _toolkit: Toolkit | None = field(default=None, repr=False, compare=False)
-
-    def refresh(self) -> RunHandle:
-        """Re-read backend and status from the run record."""
-        assert self._toolkit is not None
-        view = self._toolkit.runs.get(self.run_id)
-        self.backend, self.status = view.backend, view.status
-        self.fallback_from, self.error = view.fallback_from, view.error
-        return self
-
-
-def _check_str(name: str, value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise InvalidInput(f"{name} must be a non-empty string of at most 200 characters")
-    return value
-
-
-def _check_payload(job: str, payload: object) -> Any:
-    try:
-        return json.loads(json.dumps(payload, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise InvalidPayload(f"payload of job {job!r} is not JSON-serializable: {exc}") from exc
 
 
 class Dispatcher:
     def __init__(self, toolkit: Toolkit, client: OpenFeatureClient) -> None:
         self._tk = toolkit
         self._client = client
+        # Built once: statement construction costs more CPU than a dispatch's own work.
+        self._insert_run = insert(Run)
+        self._insert_run_once = (
+            toolkit.db.insert(Run)
+            .on_conflict_do_nothing(index_elements=["job", "idempotency_key"])
+            .returning(Run.id)
+        )
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -153,31 +99,52 @@ class Dispatcher:
         run_id = uuid.uuid4()
         route = self.route(job, request.key or str(run_id))
         row = self._row(job, request, run_id, route)
+        existing = self._record_with_debit(job, row) if job.cost else self._record(row)
+        if existing is not None:
+            return existing
+        return self._submit(job, [(run_id, request, route)])[0]
+
+    def _record(self, row: dict[str, Any]) -> RunHandle | None:
+        """Insert the run: one statement, committed by itself (no debit to commit with it).
+
+        With an idempotency key, the insert does nothing on a duplicate and the existing run is
+        returned; a concurrent dispatch with the same key cannot win in between.
+        """
+        with self._tk.db.autocommit() as conn:
+            if row["idempotency_key"] is None:
+                conn.execute(self._insert_run, row)
+                return None
+            if conn.execute(self._insert_run_once, row).first() is not None:
+                return None
+            existing = self._existing(conn, row["job"], [row["idempotency_key"]])
+        return self._handle(existing[row["idempotency_key"]], created=False)
+
+    def _record_with_debit(self, job: JobSpec, row: dict[str, Any]) -> RunHandle | None:
+        """Insert the run and debit its account in one transaction: both or neither."""
+        ikey = row["idempotency_key"]
         try:
             with self._tk.db.transaction() as s:
-                if request.idempotency_key is not None:
-                    existing = self._existing(s, job.name, [request.idempotency_key])
+                if ikey is not None:
+                    existing = self._existing(s, job.name, [ikey])
                     if existing:
-                        return self._handle(existing[request.idempotency_key], created=False)
-                s.execute(insert(Run), [row])
-                if job.cost:
-                    assert request.account is not None
-                    self._tk.credits.debit_in(s, request.account, run_id, job.cost)
+                        return self._handle(existing[ikey], created=False)
+                s.execute(self._insert_run, [row])
+                self._tk.credits.debit_in(s, row["account"], row["id"], job.cost)
         except IntegrityError:
             # A concurrent dispatch with the same idempotency key won the insert.
             with self._tk.db.transaction() as s:
-                existing = self._existing(s, job.name, [request.idempotency_key or ""])
+                existing = self._existing(s, job.name, [ikey or ""])
             if not existing:
                 raise
-            return self._handle(existing[request.idempotency_key or ""], created=False)
-        return self._submit(job, [(run_id, request, route)])[0]
+            return self._handle(existing[ikey or ""], created=False)
+        return None
 
     def dispatch_many(
         self, job_name: str, requests: Iterable[DispatchRequest | Mapping[str, Any] | Any]
     ) -> list[RunHandle]:
         """A batch fan-out: every run and every debit in one transaction, then hand-over."""
         job = self._tk.jobs.get(job_name)
-        batch = [self._validate(job, _as_request(r)) for r in requests]
+        batch = [self._validate(job, as_request(r)) for r in requests]
         if not batch:
             return []
         planned: list[tuple[uuid.UUID, DispatchRequest, Route]] = []
@@ -398,12 +365,12 @@ class Dispatcher:
         return self._tk.legacy if name == LEGACY else self._tk.backends[name]
 
     def _validate(self, job: JobSpec, request: DispatchRequest) -> DispatchRequest:
-        key = _check_str("key", request.key)
-        ikey = _check_str("idempotency_key", request.idempotency_key)
-        account = _check_str("account", request.account)
+        key = check_str("key", request.key)
+        ikey = check_str("idempotency_key", request.idempotency_key)
+        account = check_str("account", request.account)
         if job.cost and account is None:
             raise InvalidInput(f"job {job.name!r} costs {job.cost} credits: pass account=")
-        return DispatchRequest(_check_payload(job.name, request.payload), key, ikey, account)
+        return DispatchRequest(check_payload(job.name, request.payload), key, ikey, account)
 
     @staticmethod
     def _row(
@@ -427,11 +394,22 @@ class Dispatcher:
         }
 
     @staticmethod
-    def _existing(s: Any, job: str, keys: list[str]) -> dict[str, Run]:
-        rows = s.scalars(select(Run).where(Run.job == job, Run.idempotency_key.in_(keys))).all()
+    def _existing(s: Session | Connection, job: str, keys: list[str]) -> dict[str, Any]:
+        rows = s.execute(
+            select(
+                Run.id,
+                Run.job,
+                Run.backend,
+                Run.status,
+                Run.route_reason,
+                Run.fallback_from,
+                Run.error,
+                Run.idempotency_key,
+            ).where(Run.job == job, Run.idempotency_key.in_(keys))
+        ).all()
         return {r.idempotency_key: r for r in rows}
 
-    def _handle(self, run: Run, *, created: bool) -> RunHandle:
+    def _handle(self, run: Any, *, created: bool) -> RunHandle:
         return RunHandle(
             run.id,
             run.job,
@@ -443,9 +421,3 @@ class Dispatcher:
             error=run.error,
             _toolkit=self._tk,
         )
-
-
-def _as_request(item: DispatchRequest | Mapping[str, Any] | Any) -> DispatchRequest:
-    if isinstance(item, DispatchRequest):
-        return item
-    return DispatchRequest(item)

@@ -20,11 +20,9 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Text,
-    and_,
     case,
     func,
     literal,
-    or_,
     select,
     update,
 )
@@ -47,6 +45,7 @@ from toolkit.models import (
 )
 from toolkit.serialization import describe, to_json
 from toolkit.steps import DatabaseJobContext, StepMemo
+from toolkit.transitions import Transitions
 
 log = logging.getLogger("toolkit.runtime")
 
@@ -92,6 +91,7 @@ class Runtime:
         self.max_delay = max_delay
         self.rng = rng
         self.steps = StepMemo(db)
+        self.transitions = Transitions()
 
     def retry_policy(self, job: JobSpec) -> RetryPolicy:
         return RetryPolicy(job.retries, self.base_delay, self.max_delay)
@@ -131,31 +131,14 @@ class Runtime:
         instant: a holder that still beats is alive and keeps the run. The check is part of the
         conditional UPDATE, so of two deliveries racing to take over, one wins.
         """
-        now = utcnow()
-        claimable = Run.status == RunStatus.QUEUED.value
-        if take_over:
-            running = Run.status == RunStatus.RUNNING.value
-            if stale_before is not None:
-                running = and_(
-                    running, or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < stale_before)
-                )
-            claimable = or_(claimable, running)
-        with self.db.connect() as conn:
-            row = conn.execute(
-                update(Run)
-                .where(Run.id == run_id, claimable)
-                .values(
-                    status=RunStatus.RUNNING,
-                    attempts=Run.attempts + 1,
-                    started_at=func.coalesce(Run.started_at, now),  # the first start counts
-                    heartbeat_at=now,
-                    next_attempt_at=None,
-                )
-                .returning(Run.job, Run.attempts, Run.payload)
-                .execution_options(synchronize_session=False)
-            ).one_or_none()
-            if row is None:
-                return None
+        statement = self.transitions.claim[(take_over, take_over and stale_before is not None)]
+        params: dict[str, Any] = {"run_id": run_id, "now": utcnow()}
+        if take_over and stale_before is not None:
+            params["stale_before"] = stale_before
+        with self.db.autocommit() as conn:
+            row = conn.execute(statement, params).one_or_none()
+        if row is None:
+            return None
         return Claim(run_id, row.attempts, self.jobs.get(row.job), row.payload)
 
     def start(
@@ -211,56 +194,40 @@ class Runtime:
         it and never falls. False means the run was cancelled or failed meanwhile, so the
         caller stops before running the step.
         """
-        with self.db.transaction() as s:
-            alive = s.connection().execute(
-                update(Run)
-                .where(Run.id == run_id, Run.status == RunStatus.RUNNING)
-                .values(
-                    heartbeat_at=utcnow(),
-                    attempts=case((Run.attempts < attempt, attempt), else_=Run.attempts),
-                )
+        with self.db.autocommit() as conn:
+            alive = conn.execute(
+                self.transitions.beat, {"run_id": run_id, "attempt": attempt, "now": utcnow()}
             )
-            return alive.rowcount == 1
+        return alive.rowcount == 1
 
     def heartbeat(self, claim: Claim) -> bool:
         """Mark the attempt alive between steps; False once it no longer owns the run."""
-        with self.db.transaction() as s:
-            alive = s.connection().execute(
-                update(Run)
-                .where(
-                    Run.id == claim.run_id,
-                    Run.status == RunStatus.RUNNING,
-                    Run.attempts == claim.attempt,
-                )
-                .values(heartbeat_at=utcnow())
+        with self.db.autocommit() as conn:
+            alive = conn.execute(
+                self.transitions.heartbeat,
+                {"run_id": claim.run_id, "attempt": claim.attempt, "now": utcnow()},
             )
-            return alive.rowcount == 1
+        return alive.rowcount == 1
 
     def complete(self, run_id: uuid.UUID, attempt: int | None, result: Any) -> bool:
-        with self.db.connect() as conn:
-            return self._move(
-                conn,
-                run_id,
-                RunStatus.RUNNING,
-                RunStatus.COMPLETED,
-                attempt,
-                result=result,
-                error=None,
-                finished_at=utcnow(),
-            )
+        params = {"run_id": run_id, "result": result, "finished_at": utcnow()}
+        if attempt is not None:
+            params["attempt"] = attempt
+        with self.db.autocommit() as conn:
+            moved = conn.execute(self.transitions.complete[attempt is not None], params)
+        return moved.rowcount == 1
 
     def requeue(self, run_id: uuid.UUID, attempt: int, error: str, delay: float) -> bool:
         """RUNNING → QUEUED for a retry that waits ``delay`` seconds."""
-        with self.db.connect() as conn:
-            return self._move(
-                conn,
-                run_id,
-                RunStatus.RUNNING,
-                RunStatus.QUEUED,
-                attempt,
-                error=error,
-                next_attempt_at=utcnow() + timedelta(seconds=delay),
-            )
+        params = {
+            "run_id": run_id,
+            "attempt": attempt,
+            "error": error,
+            "next_attempt_at": utcnow() + timedelta(seconds=delay),
+        }
+        with self.db.autocommit() as conn:
+            moved = conn.execute(self.transitions.requeue, params)
+        return moved.rowcount == 1
 
     def fail(
         self,
