@@ -8,6 +8,7 @@ from typing import Any
 
 from openfeature import api as openfeature_api
 from openfeature.provider import FeatureProvider
+from openfeature.provider.no_op_provider import NoOpProvider
 
 from toolkit import config
 from toolkit.audit import AuditLog, default_actor
@@ -230,9 +231,14 @@ class Toolkit:
         self.db.migrate()
 
     def close(self, *, wait: bool = True) -> None:
-        """Drain in-flight local work (with ``wait``), then release connections."""
+        """Drain in-flight local work (with ``wait``), then release connections.
+
+        The flag domain gets a no-op provider: OpenFeature has no way to remove a domain, and
+        this drops the registry's reference to our provider (and through it, the database).
+        """
         for backend in self.backends.values():
             backend.close(wait=wait)
+        openfeature_api.set_provider(NoOpProvider(), self.flag_domain)
         self.db.dispose()
 
     def __enter__(self) -> Toolkit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
 
 from openfeature import api
 from openfeature.evaluation_context import EvaluationContext
@@ -119,3 +120,14 @@ def test_through_the_openfeature_client() -> None:
     details = client.get_string_details("job", "legacy", ctx("k"))
     assert details.value == "inngest" and details.reason == Reason.SPLIT
     assert client.get_boolean_value("job", True, ctx("k")) is True  # type mismatch → default
+
+
+def test_close_releases_the_provider_of_the_toolkit_domain(tmp_path: Path) -> None:
+    from toolkit import Toolkit
+
+    tk = Toolkit(f"sqlite:///{tmp_path / 'tk.db'}")
+    domain = tk.flag_domain
+    assert api.get_provider_metadata(domain).name == tk.provider.get_metadata().name
+    tk.close()
+    assert api.get_provider_metadata(domain).name == "No-op Provider"
+    assert api.get_provider_metadata(None).name != tk.provider.get_metadata().name
