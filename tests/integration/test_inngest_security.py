@@ -3,6 +3,7 @@ secret. Every refused request leaves the runs, the credits and the event log as 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -146,3 +147,32 @@ def test_cron_route_without_a_configured_secret_refuses_everything(
         monkeypatch.setenv("CRON_SECRET", "from-the-env")
         assert h.cron("daily-batch", token="from-the-env").status_code == 200
     assert run_count(tk) == 1
+
+
+def test_signed_requests_outside_the_replay_window_run_nothing(
+    tk: Toolkit, calls: Calls, h: InngestHarness
+) -> None:
+    tk.set_rollout(JOB, 100, reason="all on inngest")
+    with h.executor.paused():
+        handle = h.dispatch(JOB, SESSION, key="u1", account="u1")
+        body = h.first_request(JOB, handle.run_id)
+        now = int(time.time())
+        refused = {
+            "captured 10 min ago": h.post_to_serve(
+                JOB, body, signature=sign(body, timestamp=now - 600)
+            ),
+            "dated 10 min ahead": h.post_to_serve(
+                JOB, body, signature=sign(body, timestamp=now + 600)
+            ),
+            "timestamp not a number": h.post_to_serve(JOB, body, signature="t=soon&s=00"),
+        }
+        for what, response in refused.items():
+            assert response.status_code == 401, what
+            assert response.json()["error"] == "signature_expired", what
+        run = tk.runs.get(handle.run_id)
+        assert (run.status, run.started_at, run.attempts) == (RunStatus.QUEUED, None, 0)
+        assert calls.log == []
+        # A minute of skew is inside the 5-minute window: the same body is accepted.
+        accepted = h.post_to_serve(JOB, body, signature=sign(body, timestamp=now - 60))
+        assert accepted.status_code == 206 and response_signature_ok(accepted)
+    assert h.wait(handle.run_id).status == RunStatus.COMPLETED

@@ -99,6 +99,37 @@ class ServeThread:
         self._sock.close()
 
 
+class WsgiServeThread:
+    """werkzeug serving a WSGI (Flask) ``app`` on a free loopback port, in a thread."""
+
+    def __init__(self, app: Any) -> None:
+        from werkzeug.serving import make_server
+
+        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="werkzeug")
+
+    def start(self) -> WsgiServeThread:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._thread.join(10)
+        self._server.server_close()
+
+
+def flask_app(tk: Toolkit) -> Any:
+    """A Flask app with nothing but the Inngest serve route (the cron routes are FastAPI's)."""
+    from flask import Flask
+
+    app = Flask("toolkit-test")
+    backend = tk.backends["inngest"]
+    assert isinstance(backend, InngestBackend)
+    backend.serve_flask(app, serve_path=SERVE_PATH)
+    return app
+
+
 # --- the harness -----------------------------------------------------------------------------
 
 
@@ -192,11 +223,16 @@ class InngestHarness:
 
 @contextlib.contextmanager
 def inngest_harness(
-    tk: Toolkit, *, cron_secret: str | None = CRON_SECRET, app_id: str = APP_ID
+    tk: Toolkit,
+    *,
+    cron_secret: str | None = CRON_SECRET,
+    app_id: str = APP_ID,
+    framework: str = "fastapi",
 ) -> Iterator[InngestHarness]:
     """Enable the Inngest backend on ``tk`` against the fakes and serve the app for real.
 
     Register the jobs first: the functions are synced when the harness starts.
+    ``framework="flask"`` serves the route from a Flask app under werkzeug instead.
     """
     api = FakeInngestApi().start()
     stack = contextlib.ExitStack()
@@ -212,7 +248,11 @@ def inngest_harness(
             api_base_url=api.url,
         )
         assert isinstance(backend, InngestBackend)
-        server = ServeThread(create_app(tk, cron_secret=cron_secret)).start()
+        server: ServeThread | WsgiServeThread
+        if framework == "flask":
+            server = WsgiServeThread(flask_app(tk)).start()
+        else:
+            server = ServeThread(create_app(tk, cron_secret=cron_secret)).start()
         stack.callback(server.close)
         executor = Executor(server.url + SERVE_PATH).start()
         stack.callback(executor.close)

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import inngest
 
 from toolkit.backends.base import BaseBackend, SubmittedRun
@@ -25,6 +26,7 @@ from toolkit.backends.inngest_functions import (
     JobFunctions,
     function_id,
 )
+from toolkit.backends.inngest_replay import DEFAULT_MAX_AGE, guard_fastapi, guard_flask
 from toolkit.errors import BackendUnavailable
 from toolkit.serialization import describe
 
@@ -61,8 +63,15 @@ class InngestBackend(BaseBackend):
         api_base_url: str | None = None,
         env: str | None = None,
         unsigned_sync: bool | None = None,
+        signature_max_age: float | None = DEFAULT_MAX_AGE,
     ) -> None:
         super().__init__(toolkit)
+        if signature_max_age is not None and not signature_max_age > 0:
+            raise InngestConfigError(
+                f"signature_max_age must be a positive number of seconds (or None to disable "
+                f"the replay window), not {signature_max_age!r}"
+            )
+        self.signature_max_age = signature_max_age
         # An unsigned PUT makes the SDK re-register the app at the URL the request names
         # (its Host header): opt-in only, unless INNGEST_ENABLE_UNAUTHED_SYNC says otherwise.
         if unsigned_sync is None and UNSIGNED_SYNC_ENV not in os.environ:
@@ -145,6 +154,8 @@ class InngestBackend(BaseBackend):
             serve_path=serve_path,
             enable_unauthed_sync=self.unsigned_sync,
         )
+        if self._replay_window is not None:
+            guard_fastapi(app, serve_path, self._replay_window)
 
     def serve_flask(self, app: Any, *, serve_path: str = SERVE_PATH) -> None:
         """The same route on a Flask app (needs ``flask``)."""
@@ -159,6 +170,20 @@ class InngestBackend(BaseBackend):
             serve_path=serve_path,
             enable_unauthed_sync=self.unsigned_sync,
         )
+        if self._replay_window is not None:
+            guard_flask(app, serve_path, self._replay_window)
+
+    @property
+    def _replay_window(self) -> float | None:
+        """Signatures are checked in production mode only; so is their age."""
+        return self.signature_max_age if self.client.is_production else None
+
+    def close(self, *, wait: bool = True) -> None:
+        """Close the SDK's pooled HTTP connections (the SDK has no close of its own)."""
+        http = getattr(self.client, "_http_client", None)
+        sync_client = getattr(http, "_http_client_sync", None)
+        if isinstance(sync_client, httpx.Client):
+            sync_client.close()
 
     def _check_signing_key(self) -> None:
         if self.client.is_production and not self.client.signing_key:

@@ -1,0 +1,47 @@
+"""The replay window's reading of ``X-Inngest-Signature`` timestamps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from toolkit import Toolkit
+from toolkit.backends.inngest_functions import InngestConfigError
+from toolkit.backends.inngest_replay import stale_signature
+
+NOW = 1_800_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("header", "verdict"),
+    [
+        (None, None),  # unsigned: the SDK's to refuse
+        ("", None),
+        (f"t={int(NOW)}&s=ab", None),
+        (f"t={int(NOW) - 299}&s=ab", None),
+        (f"s=ab&t={int(NOW) + 299}", None),  # order of the fields does not matter
+        (f"t={int(NOW) - 301}&s=ab", "301s old"),
+        (f"t={int(NOW) + 301}&s=ab", "301s in the future"),
+        ("t=1&s=ab", "older than the 300s replay window"),
+        ("t=soon&s=ab", "not an integer"),
+        ("s=ab", "not an integer"),
+        ("garbage", "not an integer"),
+    ],
+)
+def test_stale_signature(header: str | None, verdict: str | None) -> None:
+    why = stale_signature(header, 300, now=NOW)
+    if verdict is None:
+        assert why is None
+    else:
+        assert why is not None and verdict in why
+
+
+@pytest.mark.parametrize("max_age", [0, -1.0])
+def test_a_replay_window_must_be_positive(tmp_path: Path, max_age: float) -> None:
+    pytest.importorskip("inngest")
+    with (
+        Toolkit(f"sqlite:///{tmp_path / 'tk.db'}") as tk,
+        pytest.raises(InngestConfigError, match="signature_max_age must be a positive"),
+    ):
+        tk.use_backend("inngest", is_production=False, signature_max_age=max_age)
