@@ -9,21 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.jobs_fixture import SESSION, Calls, register_session_job
+from tests.jobs_fixture import SESSION, Calls
 from tests.support.inngest_harness import InngestHarness, inngest_harness
 from toolkit import JobContext, NonRetriableError, RunStatus, Toolkit
 from toolkit.backends.base import SubmittedRun
 
 JOB = "prediction-session"
 STEPS = ["predict-gpt", "predict-claude", "predict-llama"]
-
-
-@pytest.fixture
-def calls(tk: Toolkit) -> Calls:
-    c = Calls()
-    register_session_job(tk, c)
-    tk.credits.grant("u1", 100)
-    return c
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.jobs_fixture import SESSION, Calls, register_session_job
+from tests.jobs_fixture import SESSION, Calls
 from tests.support.inngest_harness import (
     OTHER_SIGNING_KEY,
     InngestHarness,
@@ -21,14 +21,6 @@ from toolkit import RunStatus, Toolkit
 pytest.importorskip("flask", reason="flask is a dev dependency: pip install -e '.[dev]'")
 
 JOB = "prediction-session"
-
-
-@pytest.fixture
-def calls(tk: Toolkit) -> Calls:
-    c = Calls()
-    register_session_job(tk, c)
-    tk.credits.grant("u1", 100)
-    return c
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from inngest.experimental import mocked
 from sqlalchemy import update
 
 from tests.conftest import make_toolkit
-from tests.jobs_fixture import SESSION, Calls, register_session_job
+from tests.jobs_fixture import SESSION, Calls
 from toolkit import (
     BackendUnavailable,
     JobContext,
@@ -53,14 +53,6 @@ def spec(**declared: Any) -> JobSpec:
         "fallback": "legacy", "rate_limit": None, "concurrency": None,
     }  # fmt: skip
     return make_spec(lambda ctx, p: None, "bad", **{**defaults, **declared}, options=options)
-
-
-@pytest.fixture
-def calls(tk: Toolkit) -> Calls:
-    c = Calls()
-    register_session_job(tk, c)
-    tk.credits.grant("u1", 100)
-    return c
 
 
 @pytest.fixture

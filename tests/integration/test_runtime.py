@@ -20,14 +20,6 @@ def parked(tk: Toolkit) -> ParkedBackend:
     return backend
 
 
-@pytest.fixture
-def calls(tk: Toolkit) -> Calls:
-    c = Calls()
-    register_session_job(tk, c)
-    tk.credits.grant("u1", 100)
-    return c
-
-
 def test_multi_step_run_completes_each_step_once(tk: Toolkit, calls: Calls) -> None:
     handle = tk.dispatch("prediction-session", SESSION, key="u1", account="u1")
     assert handle.status == RunStatus.COMPLETED and handle.backend == "legacy"

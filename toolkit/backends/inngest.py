@@ -146,24 +146,18 @@ class InngestBackend(BaseBackend):
         with _sdk_import():
             import inngest.fast_api
 
-        self._check_signing_key()
-        inngest.fast_api.serve(
-            app,
-            self.client,
-            self.functions(),
-            serve_path=serve_path,
-            enable_unauthed_sync=self.unsigned_sync,
-        )
-        if self._replay_window is not None:
-            guard_fastapi(app, serve_path, self._replay_window)
+        self._serve(inngest.fast_api.serve, guard_fastapi, app, serve_path)
 
     def serve_flask(self, app: Any, *, serve_path: str = SERVE_PATH) -> None:
         """The same route on a Flask app (needs ``flask``)."""
         with _sdk_import():
             import inngest.flask
 
+        self._serve(inngest.flask.serve, guard_flask, app, serve_path)
+
+    def _serve(self, serve: Any, guard: Any, app: Any, serve_path: str) -> None:
         self._check_signing_key()
-        inngest.flask.serve(
+        serve(
             app,
             self.client,
             self.functions(),
@@ -171,7 +165,7 @@ class InngestBackend(BaseBackend):
             enable_unauthed_sync=self.unsigned_sync,
         )
         if self._replay_window is not None:
-            guard_flask(app, serve_path, self._replay_window)
+            guard(app, serve_path, self._replay_window)
 
     @property
     def _replay_window(self) -> float | None:
