@@ -23,7 +23,8 @@ from toolkit.errors import InvalidInput, UnknownJob
 from toolkit.gates import Gate, RolloutPlan, Verdict, latency_gate, pct, plan_for, success_gate
 from toolkit.models import Run, utcnow
 from toolkit.report_arms import LEGACY, ArmStats, collect
-from toolkit.report_queries import Key, Samples, Window
+from toolkit.report_latency import Samples
+from toolkit.report_queries import Key, Window
 from toolkit.stats import Interval, RankTest, ZTest, mann_whitney, newcombe, two_proportion_z
 
 if TYPE_CHECKING:

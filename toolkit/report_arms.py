@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from toolkit import report_latency as lat
 from toolkit import report_queries as q
 from toolkit.gates import ArmCounts, RolloutPlan
-from toolkit.report_queries import Key, Samples, Window
+from toolkit.report_latency import Latencies, Samples
+from toolkit.report_queries import Key, Window
 from toolkit.snapshot import snapshot
 from toolkit.stats import Interval, wilson
 
@@ -42,7 +44,7 @@ class ArmStats:
     fallbacks: int = 0
     unrefunded: int = 0
     refunds_without_failure: int = 0
-    latencies: q.Latencies = field(default_factory=q.Latencies)
+    latencies: Latencies = field(default_factory=Latencies)
 
     @property
     def finished(self) -> int:
@@ -117,48 +119,49 @@ def collect(
 ) -> Collected:
     """Every figure over the window from one consistent read.
 
-    On PostgreSQL the percentiles (the heaviest work, one statement per metric) and the rank
-    samples run on two more connections sharing the snapshot, while the lead connection counts
-    credit errors and balances.
+    The credit checks (and balances) need no arm, so they start at once on a worker connection
+    while the lead counts the arms. Then, on PostgreSQL, the worker pool scans the started
+    runs for queue times while the lead does the same for durations: two server processes
+    sort at once, and each scan also yields its half of the rank samples.
     ``sample_cap`` None skips the rank samples; ``balances`` adds the negative balances.
     """
     with snapshot(tk.db, workers=2) as snap:
         s = snap.session
+        credit = snap.submit(lambda s2: _credit(s2, window, jobs, balances))
         counted, left = q.counts(s, window, jobs)
         arms = {k: _arm(k, c) for k, c in counted.items()}
-        started = [k for k, a in arms.items() if a.started]
+        started = {k: a.started for k, a in arms.items() if a.started}
         default = RolloutPlan().target_seconds
-        # One statement per metric on PostgreSQL: two server processes sort at once.
-        split = [(m,) for m in q.METRICS] if tk.db.is_postgres else [q.METRICS]
+        compared = _compared(arms) if sample_cap else []
+        limits = {k: lat.sample_limit(n, sample_cap or 0) for k, n in started.items()}
+        limits = {k: v for k, v in limits.items() if k in compared}
 
-        def percentiles(metrics: tuple[str, ...]) -> Callable[[Session], dict[Key, q.Latencies]]:
-            return lambda s2: q.latencies(s2, window, started, targets, default, metrics)
-
-        latencies = [snap.submit(percentiles(metrics)) for metrics in split]
-        compared = {k: arms[k].started for k in _compared(arms)} if sample_cap else {}
-        samples = (
-            snap.submit(
-                lambda s3: {
-                    k: q.samples(s3, window, *k, n, sample_cap or 0) for k, n in compared.items()
-                }
+        def scan(metrics: Sequence[str]) -> Callable[[Session], lat.Figures]:
+            return lambda s2: lat.latencies(
+                s2, window, jobs, started, targets, default, metrics, limits
             )
-            if compared
-            else None
-        )
+
+        if tk.db.is_postgres:
+            queue = snap.submit(scan(("queue",)))
+            figures = scan(("duration",))(s).merged(queue.result())
+        else:
+            figures = scan(lat.METRICS)(s)
+        for key, latencies in figures.latencies.items():
+            arms[key].latencies = latencies
+        out = Collected(arms, {k: figures.samples.get(k, Samples()) for k in compared})
         for key, n in left.items():
             arms.setdefault(key, ArmStats(*key)).fallbacks = n
-        for key, (unrefunded, unexplained) in q.credit_errors(s, window, jobs).items():
+        credit_errors, out.negative_balances = credit.result()
+        for key, (unrefunded, unexplained) in credit_errors.items():
             arm = arms.setdefault(key, ArmStats(*key))
             arm.unrefunded, arm.refunds_without_failure = unrefunded, unexplained
-        out = Collected(arms)
-        if balances:
-            out.negative_balances = q.negative_balances(s)
-        if samples is not None:
-            out.samples = samples.result()
-        for part in latencies:
-            for key, lat in part.result().items():
-                arms[key].latencies = arms[key].latencies.merged(lat)
     return out
+
+
+def _credit(
+    s: Session, window: Window, jobs: Sequence[str] | None, balances: bool
+) -> tuple[dict[Key, tuple[int, int]], list[str]]:
+    return q.credit_errors(s, window, jobs), q.negative_balances(s) if balances else []
 
 
 def _compared(arms: dict[Key, ArmStats]) -> list[Key]:

@@ -12,6 +12,7 @@ import pytest
 
 from tests.report_fixture import T0, Seed, arm, grant, insert_runs
 from toolkit import Toolkit
+from toolkit import report_latency as rl
 from toolkit import report_queries as rq
 from toolkit.cli import main
 from toolkit.gates import RolloutPlan, Verdict
@@ -154,13 +155,44 @@ def test_rank_samples_are_capped_deterministically(tk: Toolkit) -> None:
     assert again.queue_test == cmp.queue_test
 
 
+def test_credit_errors_in_one_statement(tk: Toolkit) -> None:
+    """Unrefunded = failed/cancelled, debited, no refund; unexplained = refunded but not failed;
+    only runs created in the window and of the jobs asked for count."""
+    at = [T0 + timedelta(seconds=i) for i in range(10)]
+    debited = {"account": "a", "debit": 5}
+    insert_runs(
+        tk,
+        JOB,
+        [
+            Seed("inngest", "FAILED", at[0], **debited),  # unrefunded
+            Seed("inngest", "CANCELLED", at[1], None, None, **debited),  # unrefunded, never ran
+            Seed("inngest", "FAILED", at[2], **debited, refund=True),  # fine
+            Seed("inngest", "FAILED", at[3]),  # never debited: fine
+            Seed("inngest", "COMPLETED", at[4], **debited, refund=True),  # unexplained
+            Seed("legacy", "RUNNING", at[5], 1.0, None, **debited, refund=True),  # unexplained
+            Seed("legacy", "QUEUED", at[6], None, None, **debited, refund=True),  # unexplained
+            Seed("legacy", "COMPLETED", at[7], **debited),  # fine
+            Seed("inngest", "FAILED", T0 - timedelta(hours=2), **debited),  # outside
+            Seed("inngest", "COMPLETED", T0 + timedelta(hours=3), **debited, refund=True),
+        ],
+    )
+    insert_runs(tk, "other-job", [Seed("celery", "FAILED", at[8], **debited)])
+    window = rq.Window(SINCE, UNTIL)
+    with tk.db.transaction() as s:
+        every = rq.credit_errors(s, window, None)
+        mine = rq.credit_errors(s, window, [JOB])
+    assert mine == {(JOB, "inngest"): (2, 1), (JOB, "legacy"): (0, 2)}
+    assert every == {**mine, ("other-job", "celery"): (1, 0)}
+
+
 @pytest.mark.postgres
-@pytest.mark.parametrize("filter_groups_max", [rq.FILTER_GROUPS_MAX, 0])
-def test_postgres_percentiles_equal_the_python_definition(
+@pytest.mark.parametrize("filter_groups_max", [rl.FILTER_GROUPS_MAX, 0])
+def test_postgres_percentiles_and_samples_equal_the_python_definition(
     pg_url: str, monkeypatch: pytest.MonkeyPatch, filter_groups_max: int
 ) -> None:
-    """percentile_cont (per-group FILTERs or one GROUP BY) = stats.quantile on the same rows."""
-    monkeypatch.setattr(rq, "FILTER_GROUPS_MAX", filter_groups_max)
+    """percentile_cont (per-arm FILTERs or one GROUP BY) = stats.quantile on the same rows, and
+    the rank samples taken in the same scan are the same runs as in Python."""
+    monkeypatch.setattr(rl, "FILTER_GROUPS_MAX", filter_groups_max)
     tk = Toolkit(pg_url, legacy_mode="blocking")
     try:
         seed_mixed(tk)
@@ -168,19 +200,36 @@ def test_postgres_percentiles_equal_the_python_definition(
         window = rq.Window(SINCE, UNTIL)
         groups = [(JOB, "legacy"), (JOB, "inngest"), ("other-job", "celery")]
         targets = {JOB: 5.0}
+        # legacy sampled down to about half its runs, inngest whole, other-job not sampled
+        limits = {(JOB, "legacy"): rl.sample_limit(11, 5), (JOB, "inngest"): None}
         with tk.db.transaction() as s:
-            sql = rq._latencies_pg(s, window, groups, targets, 10.0)
-            python = rq._latencies_python(s, window, groups, targets, 10.0)
-            queue = rq._latencies_pg(s, window, groups, targets, 10.0, ("queue",))
-            duration = rq._latencies_pg(s, window, groups, targets, 10.0, ("duration",))
-        assert sql.keys() == python.keys()
+            sql = rl._latencies_pg(s, window, None, groups, targets, 10.0, rl.METRICS, limits)
+            python = rl._latencies_python(s, window, None, groups, targets, 10.0, limits)
+            queue = rl._latencies_pg(s, window, None, groups, targets, 10.0, ("queue",), limits)
+            jobs = [JOB, "other-job"]
+            duration = rl.latencies(s, window, jobs, groups, targets, 10.0, ("duration",), limits)
+        assert sql.latencies.keys() == python.latencies.keys() == set(groups)
         # one statement per metric (as the report runs them side by side) = both at once
-        assert {k: queue[k].merged(duration[k]) for k in groups} == sql
+        assert queue.merged(duration).latencies == sql.latencies
         for key in groups:
-            assert sql[key].queue == pytest.approx(python[key].queue), key
-            assert sql[key].duration == pytest.approx(python[key].duration), key
-            assert sql[key].queue_over_target == python[key].queue_over_target, key
-        assert sql[(JOB, "legacy")].queue_over_target == 6  # 6..11 s > 5 s
+            got, want = sql.latencies[key], python.latencies[key]
+            assert got.queue == pytest.approx(want.queue), key
+            assert got.duration == pytest.approx(want.duration), key
+            assert got.queue_over_target == want.queue_over_target, key
+        assert sql.latencies[(JOB, "legacy")].queue_over_target == 6  # 6..11 s > 5 s
+        assert sql.samples.keys() == python.samples.keys() == set(limits)
+        for key in limits:
+            for mine, theirs in ((sql, python), (queue.merged(duration), python)):
+                a, b = mine.samples[key], theirs.samples[key]
+                assert (sorted(a.queue), sorted(a.duration), a.capped) == (
+                    sorted(b.queue),
+                    sorted(b.duration),
+                    b.capped,
+                ), key
+        assert python.samples[(JOB, "legacy")].capped
+        assert 0 < len(python.samples[(JOB, "legacy")].queue) < 11
+        assert len(python.samples[(JOB, "inngest")].queue) == 7
+        assert len(python.samples[(JOB, "inngest")].duration) == 7
     finally:
         tk.close()
 
