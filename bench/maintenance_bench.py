@@ -47,6 +47,7 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit.db import Database
+from toolkit.maintenance import BULK_BATCH
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_RECOVERIES = 3
@@ -403,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=1000,
-        help="--batch-size for the toolkit commands (their default)",
+        default=BULK_BATCH,
+        help="--batch-size for the toolkit commands (default: theirs, %(default)s)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch databases")
     parser.add_argument(

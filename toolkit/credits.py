@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import String, bindparam, case, func, insert, literal, select, text, update
+from sqlalchemy import (
+    CTE,
+    Insert,
+    Row,
+    String,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.elements import ColumnElement
 
 from toolkit.db import Database
 from toolkit.errors import InsufficientCredits, InvalidInput
@@ -38,6 +53,8 @@ class LedgerTotals:
     def balance(self) -> int:
         return self.grants - self.debits + self.refunds
 
+
+_DEBIT = aliased(CreditEntry, name="debit")
 
 # Lock the accounts in account order first (so concurrent sweeps cannot deadlock: a single
 # UPDATE ... FROM locks in whatever order its plan visits the rows), then credit them.
@@ -165,44 +182,116 @@ class Credits:
         """The batch form of :meth:`refund_in`: each run's debit is refunded at most once.
 
         The same rule: ``INSERT ... ON CONFLICT (run_id, kind) DO NOTHING RETURNING`` (here as
-        one ``INSERT ... SELECT`` from the runs' debits), and only the refunds this statement
-        inserted credit their accounts, locked in account order. Call it once per transaction:
-        two calls lock two sets of accounts, each in order but not together, and concurrent
-        sweeps could then deadlock.
+        one ``INSERT ... SELECT`` from the runs' debits, :meth:`refunds_of`), and only the
+        refunds this statement inserted credit their accounts (:meth:`credit_in`). Call it once
+        per transaction: two calls lock two sets of accounts, each in order but not together,
+        and concurrent sweeps could then deadlock.
         Returns ``{run_id: amount}`` for the refunds made here.
         """
         if not run_ids:
             return {}
         now = utcnow()
-        debit = aliased(CreditEntry, name="debit")
-        refunds = (
+        at = literal(now, CreditEntry.created_at.type)
+        refunds = self._refunds(self._db.among(_DEBIT.run_id, run_ids), reason=reason, now=at)
+        inserted = s.connection().execute(refunds).all()
+        self.credit_in(s, inserted, now)
+        return {row.run_id: row.amount for row in inserted}
+
+    def refunds_of(
+        self,
+        run_id: ColumnElement[Any],
+        account: ColumnElement[Any],
+        amount: ColumnElement[Any],
+        *,
+        reason: str,
+        now: ColumnElement[datetime],
+    ) -> Insert:
+        """Refunds of debits already read (``run_id``, ``account``, ``amount``: columns of a
+        CTE, the debit's own values; rows without an ``amount`` have no debit), as one
+        ``INSERT ... SELECT ... ON CONFLICT (run_id, kind) DO NOTHING RETURNING run_id,
+        account, amount``, for a caller that embeds it in a larger statement (PostgreSQL);
+        ``now`` is an expression (a bound parameter), so the statement can be reused.
+
+        Only the rows it returns were refunded here; the caller credits them in the same
+        transaction (:meth:`credited`).
+        """
+        statement: Insert = (
             self._db.insert(CreditEntry)
             .from_select(
                 ["account", "run_id", "kind", "amount", "reason", "created_at"],
                 select(
-                    debit.account,
-                    debit.run_id,
+                    account,
+                    run_id,
                     literal(LedgerKind.REFUND.value, String()),
-                    debit.amount,
+                    amount,
                     literal(reason[:500], String()),
-                    literal(now, CreditEntry.created_at.type),
-                ).where(
-                    self._db.among(debit.run_id, run_ids), debit.kind == LedgerKind.DEBIT.value
-                ),
+                    now,
+                ).where(amount.is_not(None)),
             )
             .on_conflict_do_nothing(index_elements=["run_id", "kind"])
             .returning(CreditEntry.run_id, CreditEntry.account, CreditEntry.amount)
         )
-        inserted = s.connection().execute(refunds).all()
-        per_account: dict[str, int] = defaultdict(int)
-        for row in inserted:
-            per_account[row.account] += row.amount
-        if per_account:
-            self._credit_accounts(s, per_account, now)
-        return {row.run_id: row.amount for row in inserted}
+        return statement
 
-    def _credit_accounts(self, s: Session, amounts: dict[str, int], now: datetime) -> None:
-        """Add ``amounts`` to their accounts, locking the rows in account order."""
+    def _refunds(
+        self, which: ColumnElement[bool], *, reason: str, now: ColumnElement[datetime]
+    ) -> Insert:
+        statement: Insert = (
+            self._db.insert(CreditEntry)
+            .from_select(
+                ["account", "run_id", "kind", "amount", "reason", "created_at"],
+                select(
+                    _DEBIT.account,
+                    _DEBIT.run_id,
+                    literal(LedgerKind.REFUND.value, String()),
+                    _DEBIT.amount,
+                    literal(reason[:500], String()),
+                    now,
+                ).where(which, _DEBIT.kind == LedgerKind.DEBIT.value),
+            )
+            .on_conflict_do_nothing(index_elements=["run_id", "kind"])
+            .returning(CreditEntry.run_id, CreditEntry.account, CreditEntry.amount)
+        )
+        return statement
+
+    def credited(self, refunded: CTE, now: ColumnElement[datetime]) -> CTE:
+        """:meth:`credit_in` as CTEs, for a statement that refunds and credits at once
+        (PostgreSQL): the refunds of ``refunded`` (a CTE returning ``account`` and ``amount``)
+        summed per account, those account rows locked in account order, then updated.
+
+        The order holds whatever plan PostgreSQL picks: a row is only updated once the join
+        has produced it from the locking CTE, which locks in account order as it goes. Each
+        join has one CTE at most, so a CTE is never the inner side of a nested loop (its row
+        estimate is a guess: a thousand rows scanned a thousand times).
+        """
+        totals = (
+            select(refunded.c.account, func.sum(refunded.c.amount).label("total"))
+            .group_by(refunded.c.account)
+            .subquery("totals")
+        )
+        locked = (
+            select(CreditAccount.account, totals.c.total)
+            .join_from(totals, CreditAccount, CreditAccount.account == totals.c.account)
+            .order_by(CreditAccount.account)
+            .with_for_update(of=CreditAccount)
+            .cte("locked")
+        )
+        return (
+            update(CreditAccount)
+            .where(CreditAccount.account == locked.c.account)
+            .values(balance=CreditAccount.balance + locked.c.total, updated_at=now)
+            .cte("credited")
+        )
+
+    def credit_in(self, s: Session, refunded: Iterable[Row[Any]], now: datetime) -> None:
+        """Credit each refund (rows with ``account`` and ``amount``) to its account, one
+        update per account, the rows locked in account order (concurrent sweeps cannot
+        deadlock: a single ``UPDATE ... FROM`` locks in whatever order its plan visits them)."""
+        amounts: dict[str, int] = defaultdict(int)
+        for row in refunded:
+            amounts[row.account] += row.amount
+        if not amounts:
+            return
         accounts = sorted(amounts)
         if not self._db.is_postgres:  # SQLite: one writer at a time, no lock order to keep
             s.connection().execute(

@@ -8,6 +8,9 @@ LOCKED`` on PostgreSQL, so concurrent invocations split the work; SQLite seriali
 re-check each run is still wanted, act, and write the batch's audit entry. A crash leaves each
 batch wholly done or not done, and the next invocation, which selects only what is still
 wanted, completes the work. A dry run takes the same path, without locks, writes or audit.
+The queries are built once per invocation and only their parameters change from batch to
+batch; on PostgreSQL the refund and cleanup sweeps lock and act in one statement per batch
+(:mod:`toolkit.maintenance_pg`).
 """
 
 from __future__ import annotations
@@ -18,150 +21,32 @@ import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy import Row, Select, and_, exists, func, or_, select, union_all
+from sqlalchemy import Row, Select, and_, bindparam, exists, func, or_, select, union_all
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from toolkit.audit import default_actor, record
 from toolkit.backends import OPTIONAL
-from toolkit.errors import InvalidInput, UnknownBackend, UnknownJob
+from toolkit.errors import UnknownBackend, UnknownJob
+from toolkit.maintenance_types import (
+    BULK_BATCH,
+    DEFAULT_BATCH,
+    MAX_BATCH,
+    SAMPLE,
+    Change,
+    Filters,
+    Report,
+)
 from toolkit.models import Run, RunStatus
 
 if TYPE_CHECKING:
     from toolkit.app import Toolkit
 
-DEFAULT_BATCH = 1000
-MAX_BATCH = 5000
-SAMPLE = 20  # rows kept for the "what would change" table; totals cover every run
 MAX_WINDOW = 16  # a page looks at up to MAX_WINDOW * batch_size runs for batch_size wanted ones
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which runs a sweep may touch, and how many per invocation and per batch."""
-
-    job: str | None = None
-    backend: str | None = None
-    since: datetime | None = None
-    limit: int | None = None
-    batch_size: int = DEFAULT_BATCH
-
-    def __post_init__(self) -> None:
-        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
-            raise InvalidInput(f"limit must be at least 1, not {self.limit!r}")
-        if isinstance(self.batch_size, bool) or not 1 <= self.batch_size <= MAX_BATCH:
-            raise InvalidInput(f"batch size must be from 1 to {MAX_BATCH}, not {self.batch_size!r}")
-
-    def criteria(self) -> list[ColumnElement[bool]]:
-        out: list[ColumnElement[bool]] = []
-        if self.job is not None:
-            out.append(Run.job == self.job)
-        if self.backend is not None:
-            out.append(Run.backend == self.backend)
-        if self.since is not None:
-            out.append(Run.created_at >= self.since)
-        return out
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "job": self.job,
-            "backend": self.backend,
-            "since": self.since.isoformat() if self.since else None,
-            "limit": self.limit,
-            "batch_size": self.batch_size,
-        }
-
-
-@dataclass(slots=True)
-class Change:
-    """What a sweep did, or would do, to one run; ``skipped`` says why it did nothing."""
-
-    run_id: uuid.UUID
-    job: str
-    backend: str
-    status: str
-    created_at: datetime
-    change: str
-    credits: int = 0
-    skipped: str | None = None
-
-    @classmethod
-    def of(cls, row: Row[Any], change: str, credits: int = 0, skipped: str | None = None) -> Change:
-        return cls(
-            row.id, row.job, row.backend, row.status, row.created_at, change, credits, skipped
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": str(self.run_id),
-            "job": self.job,
-            "backend": self.backend,
-            "status": self.status,
-            "created_at": self.created_at.isoformat(),
-            "change": self.change,
-            "credits": self.credits,
-            "skipped": self.skipped,
-        }
-
-
-@dataclass
-class Totals:
-    runs: int = 0
-    credits: int = 0
-
-
-@dataclass
-class Report:
-    """The outcome of one invocation: totals per (job, backend, change), never every run."""
-
-    action: str
-    applied: bool
-    filters: Filters
-    parameters: dict[str, Any] = field(default_factory=dict)
-    changed: int = 0
-    credits: int = 0
-    batches: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    outcomes: Counter[str] = field(default_factory=Counter)
-    totals: dict[tuple[str, str, str], Totals] = field(default_factory=dict)
-    sample: list[Change] = field(default_factory=list)
-    elapsed: float = 0.0
-
-    def add(self, changes: Sequence[Change]) -> None:
-        for c in changes:
-            if len(self.sample) < SAMPLE:
-                self.sample.append(c)
-            if c.skipped is not None:
-                self.skipped[c.skipped] += 1
-                continue
-            self.changed += 1
-            self.credits += c.credits
-            totals = self.totals.setdefault((c.job, c.backend, c.change), Totals())
-            totals.runs += 1
-            totals.credits += c.credits
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "applied": self.applied,
-            "filters": self.filters.as_dict(),
-            "parameters": self.parameters,
-            "changed": self.changed,
-            "credits": self.credits,
-            "batches": self.batches,
-            "skipped": dict(self.skipped),
-            "outcomes": dict(self.outcomes),
-            "totals": [
-                {"job": j, "backend": b, "change": c, "runs": t.runs, "credits": t.credits}
-                for (j, b, c), t in sorted(self.totals.items())
-            ],
-            "sample": [c.as_dict() for c in self.sample],
-            "elapsed_s": round(self.elapsed, 3),
-        }
 
 
 class Sweep(ABC):
@@ -169,9 +54,11 @@ class Sweep(ABC):
 
     action: ClassVar[str]
     statuses: ClassVar[tuple[RunStatus, ...]]
+    batch_size: ClassVar[int] = DEFAULT_BATCH  # when the filters name none
 
     def __init__(self, tk: Toolkit) -> None:
         self.tk = tk
+        self._batches: dict[Select[Any], Any] = {}  # page query: its one-statement batch
 
     @abstractmethod
     def criteria(self, status: RunStatus) -> Sequence[ColumnElement[bool]]:
@@ -200,6 +87,20 @@ class Sweep(ABC):
     def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
         """Act on a locked batch inside its transaction."""
 
+    def take(
+        self, s: Session, page: Select[Any], keys: dict[str, Any]
+    ) -> tuple[Sequence[Row[Any]], list[Change]]:
+        """Lock the batch (``page``, the locking SELECT, with its parameters ``keys``) and act
+        on it, in ``s``. Returns the rows locked, in page order, and what was done to each.
+
+        Here: the SELECT, then :meth:`apply`. A sweep may do both in one statement on
+        PostgreSQL (``page`` as a CTE), where a round trip per step and re-reading what the
+        page just read cost more than the work itself. ``page`` is the same object for every
+        batch of an invocation (only ``keys`` change), so such a statement is built once.
+        """
+        rows = s.connection().execute(page, keys).all()
+        return rows, self.apply(s, rows)
+
     def after_commit(self) -> Counter[str]:
         """Work that must follow the batch's commit (a hand-over); outcome counts."""
         return Counter()
@@ -223,28 +124,41 @@ class Sweeper:
     ) -> None:
         self.tk = tk
         self.sweep = sweep
-        self.filters = filters
+        self.batch_size: int = filters.batch_size or sweep.batch_size
+        self.filters = replace(filters, batch_size=self.batch_size)  # as the audit shows them
         self.reason = reason
         self.actor = actor or default_actor()
+        self._statements: dict[tuple[str, bool, bool], Select[Any]] = {}
 
     # --- selection -------------------------------------------------------------------------
 
     def _scope(self, status: RunStatus) -> list[ColumnElement[bool]]:
         return [Run.status == status.value, *self.sweep.criteria(status), *self.filters.criteria()]
 
-    def _window_end(self, cursor: Cursor | None, width: int) -> Select[Any]:
-        """The last of the next ``width`` runs after ``cursor`` in the sweep's statuses, wanted
-        or not, and how many there are.
+    def _statement(self, kind: str, *, after: bool, lock: bool = False) -> Select[Any]:
+        """The window or page query, built once per invocation: only the parameters differ
+        from batch to batch (``after_at``/``after_id``, ``width``, ``end_at``/``end_id``,
+        ``n``), so a batch neither builds nor re-keys a statement."""
+        key = (kind, after, lock)
+        if key not in self._statements:
+            build = self._window_end if kind == "window" else self._rows
+            self._statements[key] = build(after, lock)
+        return self._statements[key]
+
+    def _window_end(self, after: bool, lock: bool) -> Select[Any]:
+        """The last of the next ``width`` runs after the cursor in the sweep's statuses,
+        wanted or not, and how many there are.
 
         Only the status, the filters and the keyset decide the window, so the database walks
         the ``(status, created_at)`` index in order and stops after ``width`` rows. (With the
         sweep's own criteria in here, PostgreSQL misjudges how many rows match, sorts every
         remaining candidate on each page, and a sweep turns quadratic.)
         """
+        width: BindParameter[int] = bindparam("width")
         branches = []
         for status in self.sweep.statuses:
             query = select(Run.id.label("id"), Run.created_at.label("created_at")).where(
-                Run.status == status.value, *self.filters.criteria(), *_after(cursor)
+                Run.status == status.value, *self.filters.criteria(), *_after(after)
             )
             branches.append(query.order_by(Run.created_at, Run.id).limit(width).subquery())
         merged = union_all(*(select(b.c.id, b.c.created_at) for b in branches)).subquery()
@@ -260,10 +174,11 @@ class Sweeper:
             .limit(1)
         )
 
-    def _rows(self, cursor: Cursor | None, end: Cursor, n: int, *, lock: bool) -> Select[Any]:
-        """The first ``n`` wanted runs in the window ``(cursor, end]``, locked unless another
-        invocation holds them."""
-        at, last = end
+    def _rows(self, after: bool, lock: bool) -> Select[Any]:
+        """The first ``n`` wanted runs in the window (cursor, ``(end_at, end_id)``], locked
+        unless another invocation holds them."""
+        at = bindparam("end_at", type_=Run.created_at.type)
+        last: BindParameter[uuid.UUID] = bindparam("end_id")
         wanted = or_(*(and_(*self._scope(status)) for status in self.sweep.statuses))
         query = (
             select(
@@ -276,13 +191,13 @@ class Sweeper:
             )
             .where(
                 Run.status.in_([st.value for st in self.sweep.statuses]),
-                *_after(cursor),
+                *_after(after),
                 Run.created_at <= at,
                 or_(Run.created_at < at, Run.id <= last),
                 wanted,
             )
             .order_by(Run.created_at, Run.id)
-            .limit(n)
+            .limit(bindparam("n"))
         )
         if lock:  # ignored by SQLite, where BEGIN IMMEDIATE already serializes writers
             query = query.with_for_update(of=Run, skip_locked=True, key_share=True)
@@ -311,21 +226,24 @@ class Sweeper:
         started = time.perf_counter()
         report = Report(self.sweep.action, apply, self.filters, parameters=self.sweep.parameters())
         cursor: Cursor | None = None
-        size, limit = self.filters.batch_size, self.filters.limit
+        size, limit = self.batch_size, self.filters.limit
         width = size
         while limit is None or report.changed < limit:
             n = size if limit is None else min(size, limit - report.changed)
             width = max(n, min(width, n * MAX_WINDOW))
+            after = cursor is not None
             with self.tk.db.transaction() as s:
-                last = s.connection().execute(self._window_end(cursor, width)).one_or_none()
+                window = self._statement("window", after=after)
+                last = s.connection().execute(window, _keys(cursor, width=width)).one_or_none()
                 if last is None:
                     break
                 end = (last.created_at, last.id)
                 if apply and not self.sweep.prepares:
                     rows, changes = self._apply(s, cursor, end, n)
                 else:  # to prepare: every wanted run of the window, whichever get locked next
-                    take = n if not apply else width
-                    rows = s.connection().execute(self._rows(cursor, end, take, lock=False)).all()
+                    page = self._statement("page", after=after)
+                    keys = _keys(cursor, end_at=end[0], end_id=end[1], n=n if not apply else width)
+                    rows = s.connection().execute(page, keys).all()
             # Outside any transaction: flag evaluations may read the database themselves (on
             # SQLite a second transaction would wait for this one's write lock).
             if not apply:
@@ -355,8 +273,9 @@ class Sweeper:
         self, s: Session, cursor: Cursor | None, end: Cursor, n: int
     ) -> tuple[Sequence[Row[Any]], list[Change]]:
         """Lock the batch, act on it and record it, all in the caller's transaction ``s``."""
-        rows = s.connection().execute(self._rows(cursor, end, n, lock=True)).all()
-        changes = self.sweep.apply(s, rows)
+        page = self._statement("page", after=cursor is not None, lock=True)
+        keys = _keys(cursor, end_at=end[0], end_id=end[1], n=n)
+        rows, changes = self.sweep.take(s, page, keys)
         done = [c for c in changes if c.skipped is None]
         if done:
             self._audit(s, done)
@@ -364,19 +283,24 @@ class Sweeper:
 
     def _audit(self, s: Session, done: Sequence[Change]) -> None:
         """One entry per batch, in the batch's transaction: it commits with the change."""
+        jobs, statuses, backends, changes = set(), Counter[str](), Counter[str](), Counter[str]()
+        credits = 0
+        for c in done:  # one pass: a batch may hold thousands of runs
+            jobs.add(c.job)
+            statuses[c.status] += 1
+            backends[c.backend] += 1
+            changes[c.change] += 1
+            credits += c.credits
         record(
             s,
             actor=self.actor,
             action=f"maintenance.{self.sweep.action}",
-            target=", ".join(sorted({c.job for c in done}))[:200],
-            before={
-                "statuses": dict(Counter(c.status for c in done)),
-                "backends": dict(Counter(c.backend for c in done)),
-            },
+            target=", ".join(sorted(jobs))[:200],
+            before={"statuses": dict(statuses), "backends": dict(backends)},
             after={
                 "runs": len(done),
-                "credits": sum(c.credits for c in done),
-                "changes": dict(Counter(c.change for c in done)),
+                "credits": credits,
+                "changes": dict(changes),
                 "run_ids": [str(c.run_id) for c in done],
                 "filters": self.filters.as_dict(),
                 "parameters": self.sweep.parameters(),
@@ -385,12 +309,18 @@ class Sweeper:
         )
 
 
-def _after(cursor: Cursor | None) -> list[ColumnElement[bool]]:
-    """Keyset condition: strictly after ``cursor`` in ``(created_at, id)`` order."""
-    if cursor is None:
+def _after(after: bool) -> list[ColumnElement[bool]]:
+    """Keyset condition: strictly after the cursor ``(after_at, after_id)``, if there is one."""
+    if not after:
         return []
-    at, run_id = cursor
-    return [Run.created_at >= at, or_(Run.created_at > at, Run.id > run_id)]
+    at = bindparam("after_at", type_=Run.created_at.type)
+    return [Run.created_at >= at, or_(Run.created_at > at, Run.id > bindparam("after_id"))]
+
+
+def _keys(cursor: Cursor | None, **params: Any) -> dict[str, Any]:
+    if cursor is not None:
+        params["after_at"], params["after_id"] = cursor
+    return params
 
 
 def check_filters(tk: Toolkit, filters: Filters) -> None:
@@ -416,3 +346,17 @@ def check_filters(tk: Toolkit, filters: Filters) -> None:
 def _any_run(tk: Toolkit, condition: ColumnElement[bool]) -> bool:
     with tk.db.transaction() as s:
         return bool(s.scalar(select(exists().where(condition))))
+
+
+__all__ = [
+    "BULK_BATCH",
+    "DEFAULT_BATCH",
+    "MAX_BATCH",
+    "SAMPLE",
+    "Change",
+    "Filters",
+    "Report",
+    "Sweep",
+    "Sweeper",
+    "check_filters",
+]

@@ -22,14 +22,23 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, exists, func, select
+from sqlalchemy import Row, Select, exists, func, select
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from toolkit.config import parse_duration
 from toolkit.dispatcher import Reroute, Route
 from toolkit.errors import AppLoadError, InvalidInput
-from toolkit.maintenance import Change, Filters, Report, Sweep, Sweeper, check_filters
+from toolkit.maintenance import (
+    BULK_BATCH,
+    Change,
+    Filters,
+    Report,
+    Sweep,
+    Sweeper,
+    check_filters,
+)
+from toolkit.maintenance_pg import DEBIT_COLUMNS, cleanup_batch, refund_batch
 from toolkit.models import CreditEntry, LedgerKind, Run, RunStatus
 
 if TYPE_CHECKING:
@@ -56,27 +65,47 @@ OWED = (
 )
 
 
+def _applying(tk: Toolkit) -> Sequence[Any]:
+    """Columns of a page being applied: on PostgreSQL its one statement reads each debit with
+    the page (:mod:`toolkit.maintenance_pg`); elsewhere the refunds made say what was owed."""
+    return DEBIT_COLUMNS if tk.db.is_postgres else ()
+
+
 # --- refund ----------------------------------------------------------------------------------
 
 
 class RefundSweep(Sweep):
     action = "refund"
+    batch_size = BULK_BATCH
+    REASON = "refund sweep: run failed or cancelled"
     statuses = (RunStatus.FAILED, RunStatus.CANCELLED)
 
     def criteria(self, status: RunStatus) -> Sequence[ColumnElement[bool]]:
         return [NOT_REFUNDED, HAS_DEBIT]  # most failed runs are refunded already: ask that first
 
     def columns(self, *, apply: bool) -> Sequence[Any]:
-        return [] if apply else [OWED]  # applying, the refunds made say what was owed
+        return _applying(self.tk) if apply else [OWED]
 
     def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
         return [Change.of(r, "refund", r.owed or 0) for r in rows]
 
+    def take(
+        self, s: Session, page: Select[Any], keys: dict[str, Any]
+    ) -> tuple[Sequence[Row[Any]], list[Change]]:
+        if not self.tk.db.is_postgres:
+            return super().take(s, page, keys)
+        if page not in self._batches:
+            self._batches[page] = refund_batch(self.tk, page, reason=self.REASON)
+        batch = self._batches[page].execute(s, keys)
+        return batch.rows, self._changes(batch.rows, batch.refunded)
+
     def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
         # One call for the whole batch: its accounts are locked together, in order.
-        refunded = self.tk.credits.refund_many_in(
-            s, [r.id for r in rows], reason="refund sweep: run failed or cancelled"
-        )
+        refunded = self.tk.credits.refund_many_in(s, [r.id for r in rows], reason=self.REASON)
+        return self._changes(rows, refunded)
+
+    @staticmethod
+    def _changes(rows: Sequence[Row[Any]], refunded: dict[uuid.UUID, int]) -> list[Change]:
         return [
             Change.of(r, "refund", refunded[r.id])
             if r.id in refunded
@@ -118,6 +147,7 @@ class _StaleSweep(Sweep):
 
 class CleanupSweep(_StaleSweep):
     action = "cleanup"
+    batch_size = BULK_BATCH
 
     def __init__(self, tk: Toolkit, *, reason: str | None = None, **options: Any) -> None:
         super().__init__(tk, **options)
@@ -127,7 +157,7 @@ class CleanupSweep(_StaleSweep):
         return [Run.recoveries >= self.max_recoveries, stale(status, self.cutoff)]
 
     def columns(self, *, apply: bool) -> Sequence[Any]:
-        return [] if apply else [OWED]  # applying, the refunds made say what was owed
+        return _applying(self.tk) if apply else [OWED]
 
     def errors(self) -> dict[RunStatus, str]:
         gave_up = f"recovery gave up after {self.max_recoveries} re-dispatches"
@@ -141,19 +171,40 @@ class CleanupSweep(_StaleSweep):
     def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
         return [Change.of(r, f"{r.status} → FAILED", r.owed or 0) for r in rows]
 
+    def refund_reason(self) -> str:
+        return "run failed: orphaned, recovery gave up" + (
+            f" ({self.reason})" if self.reason else ""
+        )
+
+    def take(
+        self, s: Session, page: Select[Any], keys: dict[str, Any]
+    ) -> tuple[Sequence[Row[Any]], list[Change]]:
+        if not self.tk.db.is_postgres:
+            return super().take(s, page, keys)
+        if page not in self._batches:
+            self._batches[page] = cleanup_batch(
+                self.tk, page, self.errors(), reason=self.refund_reason()
+            )
+        batch = self._batches[page].execute(s, keys)
+        credits, moved = batch.refunded, batch.moved
+        return batch.rows, self._changes(
+            batch.rows,
+            {r.id: credits.get(r.id, 0) for r in batch.rows if moved is None or r.id in moved},
+        )
+
     def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
         # One call for the whole batch: its accounts are locked together, in order.
         failed = self.tk.runtime.fail_many_in(
-            s,
-            [r.id for r in rows],
-            self.errors(),
-            reason="run failed: orphaned, recovery gave up"
-            + (f" ({self.reason})" if self.reason else ""),
+            s, [r.id for r in rows], self.errors(), reason=self.refund_reason()
         )
+        return self._changes(rows, failed)
+
+    def _changes(self, rows: Sequence[Row[Any]], failed: dict[uuid.UUID, int]) -> list[Change]:
+        label = {st.value: f"{st.value} → FAILED" for st in self.statuses}
         return [
-            Change.of(r, f"{r.status} → FAILED", failed[r.id])
+            Change.of(r, label[r.status], failed[r.id])
             if r.id in failed
-            else Change.of(r, f"{r.status} → FAILED", skipped="moved meanwhile")
+            else Change.of(r, label[r.status], skipped="moved meanwhile")
             for r in rows
         ]
 

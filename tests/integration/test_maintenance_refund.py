@@ -24,7 +24,7 @@ from tests.maintenance_fixture import (
 )
 from toolkit import RunStatus, Toolkit, maintenance_ops
 from toolkit.errors import DatabaseError, InvalidInput, UnknownBackend, UnknownJob
-from toolkit.maintenance import Filters
+from toolkit.maintenance import BULK_BATCH, DEFAULT_BATCH, Filters, Sweeper
 from toolkit.models import AuditEntry, Run, utcnow
 
 
@@ -133,23 +133,22 @@ def test_crash_mid_sweep_keeps_whole_batches_and_the_next_run_completes(
 ) -> None:
     run_ids = dispatch(tk, 10)
     owe(tk, run_ids)
-    real = tk.credits.refund_many_in
+    real = Sweeper._audit  # the last write of a batch, in its transaction
     calls = []
 
-    def dies_in_third_batch(s, ids, **kw):  # type: ignore[no-untyped-def]
-        done = real(s, ids, **kw)  # the refunds are written ...
+    def dies_in_third_batch(self, s, done):  # type: ignore[no-untyped-def]
+        real(self, s, done)  # the refunds and the audit entry are written ...
         calls.append(len(done))
         if len(calls) == 3:
             raise DatabaseError("connection lost")  # ... and the transaction never commits
-        return done
 
-    monkeypatch.setattr(tk.credits, "refund_many_in", dies_in_third_batch)
+    monkeypatch.setattr(Sweeper, "_audit", dies_in_third_batch)
     with pytest.raises(DatabaseError):
         maintenance_ops.refund(tk, Filters(batch_size=3), apply=True)
     assert len(refunds(tk)) == 6 and len(audit(tk)) == 2  # two whole batches, no part of one
     check_ledger(tk)
 
-    monkeypatch.setattr(tk.credits, "refund_many_in", real)
+    monkeypatch.setattr(Sweeper, "_audit", real)
     rest = maintenance_ops.refund(tk, Filters(batch_size=3), apply=True)
     assert rest.changed == 4
     assert refunds(tk) == {rid: 1 for rid in run_ids}
@@ -174,3 +173,15 @@ def test_bad_input_raises_before_anything_changes(tk: Toolkit) -> None:
     set_runs(tk, [rid], job="retired-job", backend="retired-backend")
     report = maintenance_ops.refund(tk, Filters(job="retired-job", backend="retired-backend"))
     assert report.changed == 1
+
+
+def test_batch_size_defaults_per_sweep(tk: Toolkit) -> None:
+    """Refund and cleanup take 5000 runs per batch unless told; recover, which routes and hands
+    over each run on its own, 1000. The audit entries name the size used."""
+    assert maintenance_ops.sweeper(tk, "refund").filters.batch_size == BULK_BATCH == 5000
+    assert maintenance_ops.sweeper(tk, "cleanup").filters.batch_size == BULK_BATCH
+    assert maintenance_ops.sweeper(tk, "recover").filters.batch_size == DEFAULT_BATCH == 1000
+    assert maintenance_ops.sweeper(tk, "refund", Filters(batch_size=7)).filters.batch_size == 7
+    owe(tk, dispatch(tk, 3))
+    assert maintenance_ops.refund(tk, apply=True).batches == 1
+    assert [e.after["filters"]["batch_size"] for e in audit(tk)] == [BULK_BATCH]

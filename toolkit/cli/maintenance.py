@@ -11,17 +11,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from toolkit.cli.context import CliContext, parse_since
 from toolkit.cli.render import console, emit_json, err_console, status, table, when
-from toolkit.maintenance import DEFAULT_BATCH, MAX_BATCH, Filters, Report
+from toolkit.maintenance import BULK_BATCH, DEFAULT_BATCH, MAX_BATCH, Filters, Report
 from toolkit.maintenance_ops import DEFAULT_MAX_RECOVERIES, DEFAULT_OLDER_THAN, sweeper
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -41,9 +34,8 @@ def sweep_options(fn: F) -> F:
         click.option(
             "--batch-size",
             type=click.IntRange(1, MAX_BATCH),
-            default=DEFAULT_BATCH,
-            show_default=True,
-            help="Runs per transaction (and per audit entry).",
+            help=f"Runs per transaction (and per audit entry); default {BULK_BATCH} for "
+            f"refund and cleanup, {DEFAULT_BATCH} for recover.",
         ),
         click.option(
             "--apply", is_flag=True, help="Act. Without it: a dry run that changes nothing."
@@ -81,7 +73,7 @@ def execute(
     backend: str | None,
     since: str | None,
     limit: int | None,
-    batch_size: int,
+    batch_size: int | None,
     apply: bool,
     reason: str | None,
     as_json: bool,
@@ -94,7 +86,15 @@ def execute(
     stderr = err_console()
     if as_json or not stderr.is_terminal:
         report = sweep.run(apply=apply)
-    else:
+    else:  # only on a terminal: --json and cron jobs do not import the progress bar
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         verb = "applying" if apply else "dry run"
         with Progress(
             TextColumn(f"[bold]{action}[/] {verb}"),
