@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     CTE,
+    Connection,
     Insert,
     Row,
     String,
@@ -72,6 +73,25 @@ _CREDIT_ACCOUNTS = text(
 class Credits:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # The dispatch hot path's statements, built once (building costs more than running).
+        self._spend = (
+            update(CreditAccount)
+            .where(
+                CreditAccount.account == bindparam("b_account"),
+                CreditAccount.balance >= bindparam("b_amount"),
+            )
+            .values(
+                balance=CreditAccount.balance - bindparam("b_amount"),
+                updated_at=bindparam("b_now", type_=CreditAccount.updated_at.type),
+            )
+        )
+        self._debit = insert(CreditEntry).values(
+            account=bindparam("b_account"),
+            run_id=bindparam("b_run_id"),
+            kind=LedgerKind.DEBIT.value,
+            amount=bindparam("b_amount"),
+            created_at=bindparam("b_now", type_=CreditEntry.created_at.type),
+        )
 
     # --- public API --------------------------------------------------------------------
 
@@ -109,20 +129,17 @@ class Credits:
 
     # --- inside a caller's transaction ---------------------------------------------------
 
-    def debit_in(self, s: Session, account: str, run_id: uuid.UUID, amount: int) -> None:
+    def debit_in(
+        self, s: Session | Connection, account: str, run_id: uuid.UUID, amount: int
+    ) -> None:
         """Debit one run; the (run, DEBIT) unique key makes a second debit impossible."""
         self.spend_in(s, account, amount)
-        s.execute(  # Core, not the ORM unit of work: this is on the dispatch hot path
-            insert(CreditEntry).values(
-                account=account,
-                run_id=run_id,
-                kind=LedgerKind.DEBIT.value,
-                amount=amount,
-                created_at=utcnow(),
-            )
+        s.execute(
+            self._debit,
+            {"b_account": account, "b_run_id": run_id, "b_amount": amount, "b_now": utcnow()},
         )
 
-    def spend_in(self, s: Session, account: str, amount: int) -> None:
+    def spend_in(self, s: Session | Connection, account: str, amount: int) -> None:
         """Conditionally decrement: two concurrent debits can never both spend the same credits.
 
         The caller writes the matching DEBIT ledger rows in the same transaction.
@@ -130,9 +147,7 @@ class Credits:
         _check_account(account)
         _check_amount(amount)
         spent = s.execute(
-            update(CreditAccount)
-            .where(CreditAccount.account == account, CreditAccount.balance >= amount)
-            .values(balance=CreditAccount.balance - amount, updated_at=utcnow())
+            self._spend, {"b_account": account, "b_amount": amount, "b_now": utcnow()}
         )
         if spent.rowcount != 1:  # type: ignore[attr-defined]
             raise InsufficientCredits(account, amount, self._balance(s, account))
@@ -318,7 +333,7 @@ class Credits:
         )
 
     @staticmethod
-    def _balance(s: Session, account: str) -> int:
+    def _balance(s: Session | Connection, account: str) -> int:
         value = s.scalar(select(CreditAccount.balance).where(CreditAccount.account == account))
         return int(value or 0)
 

@@ -123,17 +123,17 @@ class Dispatcher:
         """Insert the run and debit its account in one transaction: both or neither."""
         ikey = row["idempotency_key"]
         try:
-            with self._tk.db.transaction() as s:
+            with self._tk.db.connect() as conn:
                 if ikey is not None:
-                    existing = self._existing(s, job.name, [ikey])
+                    existing = self._existing(conn, job.name, [ikey])
                     if existing:
                         return self._handle(existing[ikey], created=False)
-                s.execute(self._insert_run, [row])
-                self._tk.credits.debit_in(s, row["account"], row["id"], job.cost)
+                conn.execute(self._insert_run, row)
+                self._tk.credits.debit_in(conn, row["account"], row["id"], job.cost)
         except IntegrityError:
             # A concurrent dispatch with the same idempotency key won the insert.
-            with self._tk.db.transaction() as s:
-                existing = self._existing(s, job.name, [ikey or ""])
+            with self._tk.db.connect() as conn:
+                existing = self._existing(conn, job.name, [ikey or ""])
             if not existing:
                 raise
             return self._handle(existing[ikey or ""], created=False)
@@ -164,7 +164,7 @@ class Dispatcher:
     ) -> tuple[list[RunHandle | None], list[tuple[uuid.UUID, DispatchRequest, Route]]]:
         handles: list[RunHandle | None] = []
         fresh: list[tuple[uuid.UUID, DispatchRequest, Route]] = []
-        with self._tk.db.transaction() as s:
+        with self._tk.db.connect() as s:
             existing = self._existing(s, job.name, keys) if keys else {}
             first_in_batch: dict[str, uuid.UUID] = {}
             for run_id, request, route in planned:
@@ -191,7 +191,7 @@ class Dispatcher:
         return handles, fresh
 
     def _debit_batch(
-        self, s: Any, job: JobSpec, fresh: list[tuple[uuid.UUID, DispatchRequest, Route]]
+        self, s: Connection, job: JobSpec, fresh: list[tuple[uuid.UUID, DispatchRequest, Route]]
     ) -> None:
         per_account: dict[str, list[uuid.UUID]] = defaultdict(list)
         for run_id, request, _ in fresh:
