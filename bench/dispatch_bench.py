@@ -380,9 +380,9 @@ def breakdown(bench: Bench, n: int, batch: int) -> dict[str, dict[str, float]]:
     wrap(tk.credits, "debit_in", "credits.debit_in (UPDATE + INSERT)")
     wrap(tk.runtime, "claim", "runtime.claim (autocommit UPDATE RETURNING)")
     wrap(tk.runtime, "complete", "runtime.complete (autocommit UPDATE)")
-    wrap(tk.runs, "get", "handle.refresh -> runs.get (txn: SELECT)")
+    wrap(tk.runs, "get", "handle.refresh -> runs.get (autocommit SELECT)")
     wrap(tk.dispatcher, "dispatch_many", "tk.dispatch_many (total)")
-    wrap(tk.dispatcher, "_insert_batch", "_insert_batch (txn: ORM bulk INSERT)")
+    wrap(tk.dispatcher, "_insert_batch", "_insert_batch (txn: Core INSERT of the batch)")
     wrap(tk.dispatcher, "_submit", "_submit (handles + backend.submit)")
     out: dict[str, dict[str, float]] = {}
     try:

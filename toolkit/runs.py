@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from toolkit.db import Database
 from toolkit.errors import InvalidInput, UnknownRun
@@ -71,7 +71,8 @@ class RunView:
         return (self.finished_at - self.started_at).total_seconds()
 
     @classmethod
-    def from_row(cls, r: Run) -> RunView:
+    def from_row(cls, r: Any) -> RunView:
+        """From a ``Run`` or a row of its columns."""
         return cls(**{f.name: getattr(r, f.name) for f in fields(cls)})
 
     def as_dict(self) -> dict[str, Any]:
@@ -126,14 +127,17 @@ class RunDetail:
 class RunQueries:
     def __init__(self, db: Database) -> None:
         self._db = db
+        # One row by primary key, no ORM session: handles refresh through this after every
+        # blocking legacy run.
+        self._get = select(*Run.__table__.c).where(Run.id == bindparam("run_id"))
 
     def get(self, run_id: object) -> RunView:
         rid = parse_run_id(run_id)
-        with self._db.transaction() as s:
-            run = s.get(Run, rid)
-            if run is None:
-                raise UnknownRun(f"unknown run id {rid}")
-            return RunView.from_row(run)
+        with self._db.autocommit() as conn:
+            run = conn.execute(self._get, {"run_id": rid}).one_or_none()
+        if run is None:
+            raise UnknownRun(f"unknown run id {rid}")
+        return RunView.from_row(run)
 
     def detail(self, run_id: object) -> RunDetail:
         view = self.get(run_id)
