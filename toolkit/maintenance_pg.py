@@ -22,9 +22,7 @@ from sqlalchemy import (
     DateTime,
     Row,
     Select,
-    Text,
     bindparam,
-    case,
     func,
     literal,
     literal_column,
@@ -32,12 +30,12 @@ from sqlalchemy import (
     select,
     type_coerce,
     union_all,
-    update,
 )
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
-from toolkit.models import CreditEntry, DeadLetter, LedgerKind, Run, RunStatus, utcnow
+from toolkit.models import CreditEntry, LedgerKind, Run, RunStatus, utcnow
+from toolkit.transitions import dead_letters, failing
 
 if TYPE_CHECKING:
     from toolkit.app import Toolkit
@@ -162,27 +160,20 @@ def refund_batch(tk: Toolkit, page: Select[Any], *, reason: str) -> BatchStateme
 def cleanup_batch(
     tk: Toolkit, page: Select[Any], errors: Mapping[RunStatus, str], *, reason: str
 ) -> BatchStatement:
-    """Lock the page and fail its runs as ``Runtime.fail_many_in`` does: FAILED with the error
-    for the status each was in, a dead letter each, and their refunds."""
+    """Lock the page and fail its runs as ``Runtime.fail_many_in`` does (both build on
+    :func:`toolkit.transitions.failing` and :func:`~toolkit.transitions.dead_letters`): FAILED
+    with the error for the status each was in, a dead letter each, and their refunds."""
     locked = page.cte("page")
-    message = case({st.value: literal(msg, Text()) for st, msg in errors.items()}, value=Run.status)
     failed = (
-        update(Run)
-        .where(Run.id == locked.c.id, Run.status.in_([st.value for st in errors]))
-        .values(status=RunStatus.FAILED.value, error=message, finished_at=_NOW)
+        failing(Run.id == locked.c.id, errors, _NOW)
         .returning(*(getattr(Run, k) for k in ("id", "job", "payload", "error", "attempts")))
         .returning(locked.c.account, locked.c.amount)  # the debit, as the page read it
         .cte("failed")
     )
-    dead = (
-        tk.db.insert(DeadLetter)
-        .from_select(
-            ["run_id", "job", "payload", "error", "attempts", "created_at"],
-            select(*(failed.c[k] for k in ("id", "job", "payload", "error", "attempts")), _NOW),
-        )
-        .on_conflict_do_nothing(index_elements=["run_id"])
-        .cte("dead")
-    )
+    dead = dead_letters(
+        tk.db.insert,
+        select(*(failed.c[k] for k in ("id", "job", "payload", "error", "attempts")), _NOW),
+    ).cte("dead")
     f = failed.c
     refunded = tk.credits.refunds_of(f.id, f.account, f.amount, reason=reason, now=_NOW)
     return BatchStatement(

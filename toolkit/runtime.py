@@ -19,8 +19,6 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    Text,
-    case,
     func,
     literal,
     select,
@@ -45,7 +43,7 @@ from toolkit.models import (
 )
 from toolkit.serialization import describe, to_json
 from toolkit.steps import DatabaseJobContext, StepMemo
-from toolkit.transitions import Transitions
+from toolkit.transitions import Transitions, dead_letters, failing
 
 log = logging.getLogger("toolkit.runtime")
 
@@ -311,23 +309,17 @@ class Runtime:
         errors = {RunStatus(st): msg for st, msg in errors.items() if st not in TERMINAL}
         if not run_ids or not errors:
             return {}
-        message = case(
-            {st.value: literal(msg, Text()) for st, msg in errors.items()}, value=Run.status
-        )
         now = utcnow()
         moved = s.scalars(
-            update(Run)
-            .where(self.db.among(Run.id, run_ids), Run.status.in_([st.value for st in errors]))
-            .values(status=RunStatus.FAILED, error=message, finished_at=now)
+            failing(self.db.among(Run.id, run_ids), errors, now)
             .returning(Run.id)
             .execution_options(synchronize_session=False)
         ).all()
         if not moved:
             return {}
         s.execute(
-            self.db.insert(DeadLetter)
-            .from_select(
-                ["run_id", "job", "payload", "error", "attempts", "created_at"],
+            dead_letters(
+                self.db.insert,
                 select(
                     Run.id,
                     Run.job,
@@ -337,7 +329,6 @@ class Runtime:
                     literal(now, DeadLetter.created_at.type),
                 ).where(self.db.among(Run.id, moved)),
             )
-            .on_conflict_do_nothing(index_elements=["run_id"])
         )
         if reason is None:
             reason = f"run failed: {error[:200]}" if isinstance(error, str) else "run failed"

@@ -1,4 +1,5 @@
-"""The hot state transitions as statements built once, executed with parameters.
+"""The hot state transitions as statements built once, executed with parameters; and the
+final failure of many runs, which the runtime and the maintenance sweeps both build on.
 
 Building an ``update(Run).where(...)`` costs more CPU than running it (every call coerces
 each clause and computes a cache key), and claim, heartbeat and complete run for every run
@@ -8,11 +9,12 @@ conditional UPDATE, atomic on its own, so callers run them with ``Database.autoc
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import Update, and_, bindparam, case, func, or_, update
+from sqlalchemy import Select, Text, Update, and_, bindparam, case, func, literal, or_, update
 
-from toolkit.models import Run, RunStatus
+from toolkit.models import DeadLetter, Run, RunStatus
 
 QUEUED, RUNNING = RunStatus.QUEUED.value, RunStatus.RUNNING.value
 
@@ -93,3 +95,29 @@ class Transitions:
                 ),
             )
         )
+
+
+# --- final failure of many runs: one definition for the runtime and the maintenance sweeps -----
+
+DEAD_LETTER_COLUMNS = ("run_id", "job", "payload", "error", "attempts", "created_at")
+
+
+def failing(which: Any, errors: Mapping[RunStatus, str], finished_at: Any) -> Update:
+    """``UPDATE`` the runs ``which`` selects that are still in one of ``errors``' statuses to
+    FAILED, each with the error for the status it was in. Add ``.returning(...)`` as needed."""
+    message = case({st.value: literal(msg, Text()) for st, msg in errors.items()}, value=Run.status)
+    return (
+        update(Run)
+        .where(which, Run.status.in_([st.value for st in errors]))
+        .values(status=RunStatus.FAILED.value, error=message, finished_at=finished_at)
+    )
+
+
+def dead_letters(insert: Callable[[Any], Any], failed: Select[Any]) -> Any:
+    """Insert one dead letter per row of ``failed`` (its columns in ``DEAD_LETTER_COLUMNS``
+    order); a run that has one already keeps it. ``insert`` is ``Database.insert``."""
+    return (
+        insert(DeadLetter)
+        .from_select(list(DEAD_LETTER_COLUMNS), failed)
+        .on_conflict_do_nothing(index_elements=["run_id"])
+    )
