@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -36,16 +34,15 @@ import sys
 import time
 import uuid
 from collections import Counter
-from datetime import date
 from pathlib import Path
 from typing import Any
 
+import _common as common
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import func, select
 
 from toolkit import Toolkit
-from toolkit.backends.base import BaseBackend, SubmittedRun
 from toolkit.models import Run
 
 JOB = "bench-noop"
@@ -56,15 +53,6 @@ ENV_DB, ENV_BROKER, ENV_PREFIX = "TOOLKIT_DATABASE_URL", "TOOLKIT_BROKER_URL", "
 
 
 # --- the app (also loaded by the worker subprocess: --app celery_bench:build_app) -----------
-
-
-class NoopBackend(BaseBackend):
-    """Takes every run and sends it nowhere: isolates the recording half of tk.dispatch."""
-
-    name = "noop"
-
-    def _send(self, run: SubmittedRun) -> None:
-        return None
 
 
 def build_app() -> Toolkit:
@@ -78,7 +66,7 @@ def build_app() -> Toolkit:
     def recorded(ctx: Any, payload: Any) -> None:
         return None
 
-    tk.use_backend("noop", NoopBackend(tk))
+    tk.use_backend("noop", common.NoopBackend(tk))
     prefix = os.environ[ENV_PREFIX]
     backend = tk.use_backend(
         "celery",
@@ -103,16 +91,6 @@ def build_app() -> Toolkit:
 
 
 # --- setup ----------------------------------------------------------------------------------
-
-
-def recreate_database(pg: str, admin_db: str, name: str, synchronous_commit: str) -> str:
-    import psycopg
-
-    with psycopg.connect(f"{pg}/{admin_db}", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-        admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit TO {synchronous_commit}')
-    return f"{pg.replace('postgresql://', 'postgresql+psycopg://')}/{name}"
 
 
 def purge(backend: Any) -> None:
@@ -190,21 +168,18 @@ def throughput(tk: Toolkit, args: argparse.Namespace) -> dict[str, Any]:
     }
     for fn in variants.values():  # warm-up: connections, prepared statements
         fn(20)
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for r in range(args.rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            purge(backend)
-            start = time.perf_counter()
-            variants[name](args.ops)
-            samples[name].append(time.perf_counter() - start)
+
+    def measure(name: str, _round: int) -> float:
+        purge(backend)  # untimed: every block starts from an empty queue
+        start = time.perf_counter()
+        variants[name](args.ops)
+        return time.perf_counter() - start
+
+    samples = common.interleaved(list(variants), args.rounds, measure)
     purge(backend)
     rates = {name: args.ops / statistics.median(s) for name, s in samples.items()}
     paired = {
-        name: statistics.median(
-            raw / ours for ours, raw in zip(samples[name], samples["raw apply_async"], strict=True)
-        )
+        name: common.paired_ratio(samples[name], samples["raw apply_async"])
         for name in variants
         if name != "raw apply_async"
     }
@@ -253,17 +228,6 @@ def paced(count: int, rate: float, send: Any) -> float:
             time.sleep(delay)
         send(i)
     return count / (time.perf_counter() - start)
-
-
-def percentiles(values: list[float]) -> dict[str, float]:
-    q = statistics.quantiles(values, n=100, method="inclusive")
-    return {
-        "p50_ms": q[49] * 1e3,
-        "p95_ms": q[94] * 1e3,
-        "p99_ms": q[98] * 1e3,
-        "max_ms": max(values) * 1e3,
-        "count": len(values),
-    }
 
 
 def latency(tk: Toolkit, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
@@ -325,15 +289,15 @@ def latency(tk: Toolkit, args: argparse.Namespace, env: dict[str, str]) -> dict[
         "achieved_rate": {"toolkit": achieved_tk, "raw": achieved_raw},
         "worker_capacity_runs_per_s": capacity,
         "backlog": args.backlog,
-        "toolkit": percentiles(lags),
-        "raw": percentiles(raw_lags) if raw_lags else None,
+        "toolkit": common.latency_percentiles(lags),
+        "raw": common.latency_percentiles(raw_lags) if raw_lags else None,
         "statuses": statuses,
     }
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     load = os.getloadavg()
-    url = recreate_database(args.pg, args.admin_db, args.db, args.synchronous_commit)
+    url = common.recreate_database(args.pg, args.admin_db, args.db, args.synchronous_commit)
     prefix = f"bench-{uuid.uuid4().hex[:8]}:"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLKIT_")}
     env.update(
@@ -362,10 +326,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client.close()
         tk.close()
     return {
-        "benchmark": "celery",
-        "date": date.today().isoformat(),
-        "python": platform.python_version(),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        **common.header("celery"),
+        "machine": common.machine(),
         "broker": args.broker,
         "database": f"{args.pg}/{args.db}",
         "synchronous_commit": args.synchronous_commit,
@@ -439,11 +401,7 @@ def render(result: dict[str, Any], console: Console) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--pg", default="postgresql://postgres@127.0.0.1:5432", help="server URL without a database"
-    )
-    parser.add_argument("--admin-db", default="test")
-    parser.add_argument("--db", default="toolkit_celery_bench", help="scratch database (recreated)")
+    common.add_database_options(parser, "toolkit_celery_bench")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ops", type=int, default=300, help="runs per throughput block")
@@ -464,18 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
-    if args.db == args.admin_db:
-        parser.error("--db must differ from --admin-db: it is dropped and recreated")
+    common.check_scratch_database(parser, args)
     if min(args.rounds, args.ops, args.concurrency) < 1 or args.rate <= 0 or args.seconds <= 0:
         parser.error("--rounds, --ops, --concurrency, --rate and --seconds must be positive")
-    result = run(args)
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=120)
-        render(result, console)
+    common.emit(run(args), args.json, render, width=120)
     return 0
 
 

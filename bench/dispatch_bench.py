@@ -34,19 +34,17 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import os
-import platform
 import pstats
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import _common as common
 import psycopg
 from psycopg.types.json import Json
 from rich.console import Console
@@ -55,7 +53,6 @@ from sqlalchemy import create_engine, insert
 from sqlalchemy.engine import Engine
 
 from toolkit import DispatchRequest, Toolkit
-from toolkit.backends.base import BaseBackend, SubmittedRun
 from toolkit.models import Run
 
 ACCOUNT = "bench-account"
@@ -79,15 +76,6 @@ INSERT_DEBIT = (
     "INSERT INTO toolkit_credit_ledger (account, run_id, kind, amount, created_at) "
     "VALUES (%s, %s, 'DEBIT', %s, %s)"
 )
-
-
-class NoopBackend(BaseBackend):
-    """Takes a run and does nothing: dispatch then costs routing plus recording only."""
-
-    name = "noop"
-
-    def _send(self, run: SubmittedRun) -> None:
-        pass
 
 
 # --- rows for the raw side -------------------------------------------------------------------
@@ -228,17 +216,8 @@ BATCH_RATIOS = [
 # --- setup -----------------------------------------------------------------------------------
 
 
-def recreate_database(admin_url: str, name: str, synchronous_commit: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-        # Only this scratch database; every session in it (toolkit and raw) gets the same value.
-        admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit TO {synchronous_commit}')
-
-
 def setup(args: argparse.Namespace) -> Bench:
-    recreate_database(f"{args.pg}/{args.admin_db}", args.db, args.synchronous_commit)
-    url = f"{args.pg.replace('postgresql://', 'postgresql+psycopg://')}/{args.db}"
+    url = common.recreate_database(args.pg, args.admin_db, args.db, args.synchronous_commit)
     tk = Toolkit(url, legacy_mode="blocking")
     tk.migrate()
 
@@ -248,7 +227,7 @@ def setup(args: argparse.Namespace) -> Bench:
     tk.job(LEGACY_JOB, target="inngest")(noop)
     tk.job(RECORD_JOB, target="noop")(noop)
     tk.job(COST_JOB, target="noop", cost=1)(noop)
-    tk.use_backend("noop", NoopBackend(tk))
+    tk.use_backend("noop", common.NoopBackend(tk))
     tk.set_rollout(LEGACY_JOB, 0, reason="bench: everything on legacy")
     tk.set_rollout(RECORD_JOB, 100, reason="bench: everything on the no-op backend")
     tk.set_rollout(COST_JOB, 100, reason="bench: everything on the no-op backend")
@@ -282,17 +261,6 @@ def analyze(bench: Bench) -> None:
     """
     bench.pg.execute("ANALYZE toolkit_runs, toolkit_credit_accounts, toolkit_credit_ledger")
     bench.pg.commit()
-
-
-def rotated(items: list[Any], r: int) -> list[Any]:
-    k = r % len(items)
-    return items[k:] + items[:k]
-
-
-def timed(fn: Callable[[int], None], n: int) -> float:
-    start = time.perf_counter()
-    fn(n)
-    return time.perf_counter() - start
 
 
 def stats(samples: list[float], n: int) -> dict[str, float]:
@@ -449,9 +417,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for r in range(args.rounds):
             if args.analyze:
                 analyze(bench)  # untimed
-            for group, n, variants in rotated(groups, r):
-                for name, method in rotated(variants, r):
-                    samples[group][name].append(timed(getattr(bench, method), n))
+            for group, n, variants in common.rotated(groups, r):
+                for name, method in common.rotated(variants, r):
+                    samples[group][name].append(common.timed(getattr(bench, method), n))
         elapsed = time.perf_counter() - started
 
         results: dict[str, Any] = {}
@@ -462,17 +430,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for a, b in (SINGLE_RATIOS if group == "single" else BATCH_RATIOS)
                 if a in per and b in per
             ]
-            ratios = [
-                {
-                    "toolkit": a,
-                    "raw": b,
-                    "ratio": per[a]["runs_per_s"] / per[b]["runs_per_s"],
-                    "paired_ratio": statistics.median(
-                        tb / ta for ta, tb in zip(samples[group][a], samples[group][b], strict=True)
-                    ),
-                }
-                for a, b in pairs
-            ]
+            rates = {name: row["runs_per_s"] for name, row in per.items()}
+            ratios = common.ratio_rows(pairs, rates, samples[group], labels=("toolkit", "raw"))
             results[group] = {"runs_per_block": n, "variants": per, "ratios": ratios}
         check = sanity(bench)
         if args.analyze:
@@ -488,15 +447,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bench.tk.close()
 
     return {
-        "benchmark": "dispatch",
-        "date": date.today().isoformat(),
-        "python": platform.python_version(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
+        **common.header("dispatch"),
+        "machine": common.machine(load_before),
         "postgres": args.pg + "/" + args.db,
         "config": {
             "analyze_each_round": args.analyze,
@@ -536,16 +488,8 @@ def render(result: dict[str, Any], console: Console) -> None:
                 f"{row['min_runs_per_s']:,.0f}-{row['max_runs_per_s']:,.0f}",
             )
         console.print(table)
-        ratios = Table(title=f"{group}: ratios (rate / rate, same run)")
-        ratios.add_column("variant")
-        ratios.add_column("baseline")
-        ratios.add_column("ratio of medians", justify="right")
-        ratios.add_column("median paired ratio", justify="right")
-        for row in data["ratios"]:
-            ratios.add_row(
-                row["toolkit"], row["raw"], f"{row['ratio']:.3f}x", f"{row['paired_ratio']:.3f}x"
-            )
-        console.print(ratios)
+        rows = [(r["toolkit"], r["raw"], r["ratio"], r["paired_ratio"]) for r in data["ratios"]]
+        console.print(common.ratio_table(f"{group}: ratios (rate / rate, same run)", rows))
 
     check = result["sanity"]
     console.print(
@@ -557,13 +501,10 @@ def render(result: dict[str, Any], console: Console) -> None:
         "legacy runs by status: "
         + ", ".join(f"{r['backend']}/{r['status']}={r['count']}" for r in legacy)
     )
-    load = result["machine"]
     console.print(
         f"timed section: {cfg['timed_seconds']:.1f} s; synchronous_commit="
         f"{cfg['synchronous_commit']} on the scratch database; ANALYZE before each round: "
-        f"{cfg['analyze_each_round']}; load average (1 min) "
-        f"{load['loadavg_before'][0]:.2f} before, {load['loadavg_after'][0]:.2f} after, "
-        f"{load['cpus']} CPUs"
+        f"{cfg['analyze_each_round']}; load average (1 min) {common.load_text(result['machine'])}"
     )
     if result.get("breakdown_ms"):
         table = Table(title="where the time goes: ms, median per call (batch: mean per run)")
@@ -581,10 +522,7 @@ def render(result: dict[str, Any], console: Console) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432",
-                        help="server URL without a database")  # fmt: skip
-    parser.add_argument("--admin-db", default="test", help="database to connect to for CREATE")
-    parser.add_argument("--db", default="toolkit_bench", help="scratch database (recreated)")
+    common.add_database_options(parser, "toolkit_bench")
     parser.add_argument("--rounds", type=int, default=11, help="interleaved rounds")
     parser.add_argument("--ops", type=int, default=20, help="tk.dispatch calls per block")
     parser.add_argument("--batch-sizes", default="100,1000",
@@ -602,19 +540,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
     args.batch_sizes = [int(s) for s in str(args.batch_sizes).split(",") if s.strip()]
-    if args.db == args.admin_db:
-        parser.error("--db must differ from --admin-db: it is dropped and recreated")
+    common.check_scratch_database(parser, args)
     if args.rounds < 1 or args.ops < 1 or not args.batch_sizes:
         parser.error("--rounds, --ops and --batch-sizes must be positive")
 
-    result = run(args)
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=140)
-        render(result, console)
+    common.emit(run(args), args.json, render)
     return 0
 
 

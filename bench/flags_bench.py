@@ -26,9 +26,7 @@ import argparse
 import cProfile
 import gc
 import io
-import json
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -36,10 +34,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 from typing import Any
 
+import _common as common
 from openfeature import api as openfeature_api
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.exception import ErrorCode
@@ -148,11 +146,6 @@ def time_provider(provider: AbstractProvider, contexts: list[EvaluationContext])
     return time.perf_counter() - start
 
 
-def rotated(names: list[str], r: int) -> list[str]:
-    k = r % len(names)
-    return names[k:] + names[:k]
-
-
 def check_agreement(clients: dict[str, Any], keys: list[str]) -> dict[str, Any]:
     """Sanity: ours and inmem-split pick the same backend for every key; share is ~10 %."""
     ours = [clients["ours"].get_string_value(FLAG, "legacy", EvaluationContext(targeting_key=k))
@@ -223,26 +216,17 @@ def summarize(samples: dict[str, list[float]], n: int) -> dict[str, dict[str, fl
             "us_per_eval": med / n * 1e6,
             "total_evals_per_s": n * len(secs) / total,
             "total_s": total,
-            "p10_evals_per_s": n / _quantile(secs, 0.9),
-            "p90_evals_per_s": n / _quantile(secs, 0.1),
+            "p10_evals_per_s": n / common.quantile(secs, 0.9, n=10),
+            "p90_evals_per_s": n / common.quantile(secs, 0.1, n=10),
         }
     return out
-
-
-def _quantile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=10, method="inclusive")[round(q * 10) - 1]
-
-
-def paired_ratio(samples: dict[str, list[float]], a: str, b: str) -> float:
-    """Median over rounds of (rate a / rate b) within the same round."""
-    return statistics.median(tb / ta for ta, tb in zip(samples[a], samples[b], strict=True))
 
 
 def ratio_set(data: dict[str, dict[str, float]], samples: dict[str, list[float]], other: str):
     return {
         "median": data["ours"]["evals_per_s"] / data[other]["evals_per_s"],
         "total": data["ours"]["total_evals_per_s"] / data[other]["total_evals_per_s"],
-        "paired": paired_ratio(samples, "ours", other),
+        "paired": common.paired_ratio(samples["ours"], samples[other]),
     }
 
 
@@ -268,21 +252,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             gc.collect()
             gc.freeze()
 
-            client_s: dict[str, list[float]] = {n: [] for n in names}
-            provider_s: dict[str, list[float]] = {n: [] for n in names}
             calls0, secs0 = counter.calls, counter.seconds
             # Client phase. Every round times one block per variant, in a rotated order, each
             # block on the next slice of the pre-generated keys (same slice for every variant).
-            for r in range(args.rounds):
-                block = _slice(keys, r, args.block)
-                for name in rotated(names, r):
-                    client_s[name].append(time_client(clients[name], block))
+            client_s = common.interleaved(
+                names,
+                args.rounds,
+                lambda name, r: time_client(clients[name], _slice(keys, r, args.block)),
+            )
             refreshes = counter.calls - calls0
             refresh_secs = counter.seconds - secs0
-            for r in range(args.rounds):
-                block_ctx = _slice(contexts, r, args.provider_block)
-                for name in rotated(names, r):
-                    provider_s[name].append(time_provider(providers[name], block_ctx))
+            provider_s = common.interleaved(
+                names,
+                args.rounds,
+                lambda name, r: time_provider(
+                    providers[name], _slice(contexts, r, args.provider_block)
+                ),
+            )
             parts = breakdown(tk, contexts, args.breakdown) if args.breakdown else None
             profile = profile_ours(clients["ours"], keys[:20_000], args.profile_top) if (
                 args.profile
@@ -303,15 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plain, split = ratios["client_vs_inmem_plain"], ratios["client_vs_inmem_split"]
     ours_time = client["ours"]["total_s"]
     return {
-        "benchmark": "flags",
-        "date": date.today().isoformat(),
-        "python": platform.python_version(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
+        **common.header("flags"),
+        "machine": common.machine(load_before),
         "config": {
             "keys": args.keys,
             "block": args.block,
@@ -398,11 +377,7 @@ def render(result: dict[str, Any], console: Console) -> None:
         f"({ref['ours_client_seconds']:.2f} s of ours' timed blocks), mean {mean} each"
         + (f" = {share:.2%} of ours' timed client time" if share is not None else "")
     )
-    load = result["machine"]
-    console.print(
-        f"load average (1 min): {load['loadavg_before'][0]:.2f} before, "
-        f"{load['loadavg_after'][0]:.2f} after, {load['cpus']} CPUs"
-    )
+    console.print(f"load average (1 min): {common.load_text(result['machine'])}")
     agree = result["agreement"]
     console.print(
         f"sanity: ours routes {agree['ours_on_share']:.2%} of {agree['keys']:,} keys to inngest; "
@@ -455,13 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds must be at least 2")
 
     result = run(args)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=140)
-        render(result, console)
+    common.emit(result, args.json, render)
     return 1 if args.strict and not result["goal"]["pass"] else 0
 
 

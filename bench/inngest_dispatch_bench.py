@@ -24,19 +24,16 @@ each variant's dispatches/s, and the ratios measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from datetime import date
 from pathlib import Path
 from typing import Any
 
+import _common as common
 import httpx
 import inngest
 from rich.console import Console
@@ -47,7 +44,6 @@ sys.path.insert(0, str(ROOT))  # the fake event API lives with the test support 
 
 from tests.support.inngest_fakes import EVENT_KEY, SIGNING_KEY, FakeInngestApi  # noqa: E402
 from toolkit import Toolkit  # noqa: E402
-from toolkit.backends.base import BaseBackend, SubmittedRun  # noqa: E402
 
 JOB = "bench-inngest"
 NOOP_JOB = "bench-noop"
@@ -66,25 +62,23 @@ RATIOS = [
 ]
 
 
-class NoopBackend(BaseBackend):
-    name = "noop"
-
-    def _send(self, run: SubmittedRun) -> None:
-        pass
+def inngest_options(api: FakeInngestApi) -> dict[str, Any]:
+    """One configuration for both sides: production mode, event key, the loopback API."""
+    return {
+        "app_id": "bench",
+        "is_production": True,
+        "event_key": EVENT_KEY,
+        "signing_key": SIGNING_KEY,
+        "event_api_base_url": api.url,
+        "api_base_url": api.url,
+    }
 
 
 class Bench:
     def __init__(self, tk: Toolkit, api: FakeInngestApi) -> None:
         self.tk = tk
         self.api = api
-        self.client = inngest.Inngest(
-            app_id="bench",
-            is_production=True,
-            event_key=EVENT_KEY,
-            signing_key=SIGNING_KEY,
-            event_api_base_url=api.url,
-            api_base_url=api.url,
-        )
+        self.client = inngest.Inngest(**inngest_options(api))
         self.http = httpx.Client(timeout=30)
         self.url = f"{api.url}/e/{EVENT_KEY}"
 
@@ -124,14 +118,7 @@ def setup(args: argparse.Namespace, workdir: Path) -> tuple[Bench, str]:
     if args.sqlite:
         url = f"sqlite:///{workdir / 'bench.db'}"
     else:
-        import psycopg
-
-        with psycopg.connect(f"{args.pg}/{args.admin_db}", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{args.db}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{args.db}"')
-            sync = args.synchronous_commit  # this scratch database only
-            admin.execute(f'ALTER DATABASE "{args.db}" SET synchronous_commit TO {sync}')
-        url = f"{args.pg.replace('postgresql://', 'postgresql+psycopg://')}/{args.db}"
+        url = common.recreate_database(args.pg, args.admin_db, args.db, args.synchronous_commit)
     tk = Toolkit(url, legacy_mode="blocking")
     tk.migrate()
     api = FakeInngestApi().start()
@@ -141,32 +128,13 @@ def setup(args: argparse.Namespace, workdir: Path) -> tuple[Bench, str]:
 
     tk.job(JOB, event=EVENT, fallback="fail")(noop)  # an outage would show as FAILED runs
     tk.job(NOOP_JOB, target="noop")(noop)
-    tk.use_backend(
-        "inngest",
-        app_id="bench",
-        is_production=True,
-        event_key=EVENT_KEY,
-        signing_key=SIGNING_KEY,
-        event_api_base_url=api.url,
-        api_base_url=api.url,
-    )
-    tk.use_backend("noop", NoopBackend(tk))
+    tk.use_backend("inngest", **inngest_options(api))
+    tk.use_backend("noop", common.NoopBackend(tk))
     tk.set_rollout(JOB, 100, reason="bench: every run to inngest")
     tk.set_rollout(NOOP_JOB, 100, reason="bench: every run to the no-op backend")
     handle = tk.dispatch(JOB, {"i": -1})  # routing sanity: really the Inngest path
     assert (handle.backend, handle.status) == ("inngest", "QUEUED"), handle
     return Bench(tk, api), url.split("@")[-1]
-
-
-def rotated(items: list[Any], r: int) -> list[Any]:
-    k = r % len(items)
-    return items[k:] + items[:k]
-
-
-def timed(fn: Callable[[int], None], n: int) -> float:
-    start = time.perf_counter()
-    fn(n)
-    return time.perf_counter() - start
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,11 +144,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             for _, method in VARIANTS:  # warm-up: connections, caches, code paths
                 getattr(bench, method)(5)
-            samples: dict[str, list[float]] = {name: [] for name, _ in VARIANTS}
+            methods = dict(VARIANTS)
             started = time.perf_counter()
-            for r in range(args.rounds):
-                for name, method in rotated(VARIANTS, r):
-                    samples[name].append(timed(getattr(bench, method), args.ops))
+            samples = common.interleaved(
+                list(methods),
+                args.rounds,
+                lambda name, _r: common.timed(getattr(bench, methods[name]), args.ops),
+            )
             elapsed = time.perf_counter() - started
             sanity = check(bench)
         finally:
@@ -197,28 +167,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         for name, s in samples.items()
     }
-    ratios = [
-        {
-            "variant": a,
-            "baseline": b,
-            "ratio": per[a]["per_s"] / per[b]["per_s"],
-            "paired_ratio": statistics.median(
-                tb / ta for ta, tb in zip(samples[a], samples[b], strict=True)
-            ),
-        }
-        for a, b in RATIOS
-    ]
+    ratios = common.ratio_rows(RATIOS, {name: row["per_s"] for name, row in per.items()}, samples)
     return {
-        "benchmark": "inngest_dispatch",
-        "date": date.today().isoformat(),
-        "python": platform.python_version(),
+        **common.header("inngest_dispatch"),
         "inngest_sdk": _version("inngest"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
+        "machine": common.machine(load_before),
         "database": database,
         "config": {
             "rounds": args.rounds,
@@ -273,35 +226,23 @@ def render(result: dict[str, Any], console: Console) -> None:
             f"{row['min_per_s']:,.0f}-{row['max_per_s']:,.0f}",
         )
     console.print(table)
-    ratios = Table(title="ratios (rate / rate, same run)")
-    ratios.add_column("variant")
-    ratios.add_column("baseline")
-    ratios.add_column("ratio of medians", justify="right")
-    ratios.add_column("median paired ratio", justify="right")
-    for row in result["ratios"]:
-        ratios.add_row(
-            row["variant"], row["baseline"], f"{row['ratio']:.3f}x", f"{row['paired_ratio']:.3f}x"
-        )
-    console.print(ratios)
+    rows = [(r["variant"], r["baseline"], r["ratio"], r["paired_ratio"]) for r in result["ratios"]]
+    console.print(common.ratio_table("ratios (rate / rate, same run)", rows))
     s = result["sanity"]
-    load = result["machine"]
     console.print(
         f"sanity: {s['inngest_runs']} runs dispatched to inngest, all QUEUED: "
         f"{s['inngest_runs_queued'] == s['inngest_runs']}, each with its event: "
         f"{s['every_run_has_its_event']}; {s['events_received']} events received in all; "
         f"timed section {cfg['timed_seconds']:.1f} s; load average (1 min) "
-        f"{load['loadavg_before'][0]:.2f} before, {load['loadavg_after'][0]:.2f} after, "
-        f"{load['cpus']} CPUs"
+        f"{common.load_text(result['machine'])}"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432",
-                        help="server URL without a database")  # fmt: skip
-    parser.add_argument("--admin-db", default="test", help="database to connect to for CREATE")
-    parser.add_argument("--db", default="toolkit_bench_inngest",
-                        help="scratch database (dropped and recreated)")  # fmt: skip
+    common.add_database_options(
+        parser, "toolkit_bench_inngest", db_help="scratch database (dropped and recreated)"
+    )
     parser.add_argument("--sqlite", action="store_true", help="a temporary SQLite file instead")
     parser.add_argument("--synchronous-commit", choices=("on", "off"), default="on",
                         help="synchronous_commit of the PostgreSQL scratch database")  # fmt: skip
@@ -309,16 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=200, help="calls per block")
     parser.add_argument("--json", action="store_true", help="print JSON only")
     args = parser.parse_args(argv)
-    if args.db == args.admin_db:
-        parser.error("--db must differ from --admin-db: it is dropped and recreated")
+    common.check_scratch_database(parser, args)
     if args.rounds < 1 or args.ops < 1:
         parser.error("--rounds and --ops must be positive")
-    result = run(args)
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        console = Console()
-        render(result, console if console.is_terminal else Console(width=140))
+    common.emit(run(args), args.json, render)
     return 0
 
 

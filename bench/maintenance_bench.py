@@ -33,15 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 from typing import Any
 
+import _common as common
 import psycopg
 from rich.console import Console
 from rich.table import Table
@@ -189,16 +188,10 @@ LEFT JOIN (SELECT account, sum(CASE kind WHEN 'DEBIT' THEN -amount ELSE amount E
 # --- setup -----------------------------------------------------------------------------------
 
 
-def admin(args: argparse.Namespace) -> psycopg.Connection[Any]:
-    return psycopg.connect(f"{args.pg}/{args.admin_db}", autocommit=True)
-
-
 def seed(args: argparse.Namespace, console: Console) -> dict[str, float]:
     times: dict[str, float] = {}
-    with admin(args) as conn:
-        for name in (args.db, f"{args.db}_sql"):
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{args.db}"')
+    common.drop_databases(args.pg, args.admin_db, f"{args.db}_sql")
+    common.recreate_database(args.pg, args.admin_db, args.db)
     db = Database(f"{args.pg}/{args.db}")
     db.migrate()
     db.dispose()
@@ -214,7 +207,7 @@ def seed(args: argparse.Namespace, console: Console) -> dict[str, float]:
         conn.execute("VACUUM ANALYZE")
     times["vacuum_analyze_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    with admin(args) as conn:
+    with common.admin_connection(args.pg, args.admin_db) as conn:
         conn.execute(f'CREATE DATABASE "{args.db}_sql" TEMPLATE "{args.db}"')
     times["clone_s"] = time.perf_counter() - started
     for name in (args.db, f"{args.db}_sql"):  # warm the OS cache alike for both sides
@@ -323,19 +316,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     after_py, after_sql = state(args, args.db), state(args, f"{args.db}_sql")
     same = {k: after_py[k] == after_sql[k] for k in STATE}
     if not args.keep:
-        with admin(args) as conn:
-            for name in (args.db, f"{args.db}_sql"):
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        common.drop_databases(args.pg, args.admin_db, args.db, f"{args.db}_sql")
     return {
-        "benchmark": "maintenance",
-        "date": date.today().isoformat(),
-        "python": platform.python_version(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
+        **common.header("maintenance"),
+        "machine": common.machine(load_before),
         "config": {
             "runs": args.runs,
             "accounts": args.accounts,
@@ -396,9 +380,12 @@ def render(result: dict[str, Any], console: Console) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432")
-    parser.add_argument("--admin-db", default="test", help="only used to create/drop --db")
-    parser.add_argument("--db", default="toolkit_bench_maint")
+    common.add_database_options(
+        parser,
+        "toolkit_bench_maint",
+        db_help="scratch database, and <db>_sql for the set-based side (recreated)",
+        admin_help="only used to create/drop --db",
+    )
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--accounts", type=int, default=10_000)
     parser.add_argument(
@@ -414,15 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal fails")
     args = parser.parse_args(argv)
+    common.check_scratch_database(parser, args)
     console = Console(stderr=args.json)
     result = run(args, console)
     if args.seed_only:
         console.print(f"seeded and kept {args.db} and {args.db}_sql")
         return 0
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        render(result, console)
+    common.emit(result, args.json, render, console=console)
     ok = all(all(r["goals"].values()) for r in result["results"].values())
     ok = ok and all(result["same_state"].values())
     return 1 if args.strict and not ok else 0

@@ -33,14 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import _common as common
 import psycopg
 from rich.console import Console
 from rich.table import Table
@@ -151,12 +151,6 @@ RAW_EXTRAS = (
 
 
 # --- setup ----------------------------------------------------------------------------------------
-
-
-def recreate(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def _secondary(conn: psycopg.Connection[Any], table: str) -> tuple[list[str], list[str]]:
@@ -299,7 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()
     seeded: dict[str, float] = {}
     if not (args.reuse and _exists(args) and count_runs(url) == (args.runs, True)):
-        recreate(f"{args.pg}/{args.admin_db}", args.db)
+        common.recreate_database(args.pg, args.admin_db, args.db)
         tk = app(url)
         tk.migrate()
         tk.close()
@@ -313,13 +307,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         measured = variants(tk, conn, since, until)
         for fn in measured.values():  # warm-up: connections, plans, caches
             fn()
-        samples: dict[str, list[float]] = {name: [] for name in measured}
-        names = list(measured)
-        for r in range(args.rounds):
-            for name in names[r % len(names) :] + names[: r % len(names)]:
-                start = time.perf_counter()
-                measured[name]()
-                samples[name].append(time.perf_counter() - start)
+
+        def measure(name: str, _round: int) -> float:
+            start = time.perf_counter()
+            measured[name]()
+            return time.perf_counter() - start
+
+        samples = common.interleaved(list(measured), args.rounds, measure)
         check = sanity(tk, conn, since, until)
     finally:
         conn.close()
@@ -332,15 +326,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"report <= {GOAL_SECONDS:g} s": report <= GOAL_SECONDS,
     }
     return {
-        "benchmark": "report",
-        "date": date.today().isoformat(),
-        "python": platform.python_version(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
+        **common.header("report"),
+        "machine": common.machine(load_before),
         "postgres": url,
         "runs": args.runs,
         "rounds": args.rounds,
@@ -361,7 +348,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _exists(args: argparse.Namespace) -> bool:
-    with psycopg.connect(f"{args.pg}/{args.admin_db}", autocommit=True) as conn:
+    with common.admin_connection(args.pg, args.admin_db) as conn:
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (args.db,)).fetchone()
     if not found:
         return False
@@ -406,19 +393,12 @@ def render(result: dict[str, Any], console: Console) -> None:
             "seed: "
             + ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in result["seed_s"].items())
         )
-    load = result["machine"]
-    console.print(
-        f"load average (1 min) {load['loadavg_before'][0]:.2f} before, "
-        f"{load['loadavg_after'][0]:.2f} after, {load['cpus']} CPUs"
-    )
+    console.print(f"load average (1 min) {common.load_text(result['machine'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432",
-                        help="server URL without a database")  # fmt: skip
-    parser.add_argument("--admin-db", default="test", help="database to connect to for CREATE")
-    parser.add_argument("--db", default="toolkit_bench_report", help="scratch database (recreated)")
+    common.add_database_options(parser, "toolkit_bench_report")
     parser.add_argument("--runs", type=int, default=1_000_000, help="runs to seed")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--reuse", action="store_true",
@@ -426,18 +406,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON only")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal fails")
     args = parser.parse_args(argv)
-    if args.db == args.admin_db:
-        parser.error("--db must differ from --admin-db: it is dropped and recreated")
+    common.check_scratch_database(parser, args)
     if args.runs < 1 or args.rounds < 1:
         parser.error("--runs and --rounds must be positive")
     result = run(args)
-    if args.json:
-        print(json.dumps(result, indent=2, default=str))
-    else:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=120)
-        render(result, console)
+    common.emit(result, args.json, render, width=120)
     return 1 if args.strict and not all(result["goals"].values()) else 0
 
 

@@ -134,19 +134,51 @@ def check_done_once(tk: Toolkit, action: str, run_ids: list[uuid.UUID]) -> None:
         check_ledger(tk, all_refunded=True)
 
 
+def wait_for_stderr_line(proc: subprocess.Popen[str], expected: str, timeout: float = 60) -> None:
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.1)
+        if ready:
+            line = proc.stderr.readline()
+            if line.strip() == expected:
+                return
+            if not line and proc.poll() is not None:
+                break
+    raise AssertionError(f"no {expected!r} from the process (exit {proc.poll()})")
+
+
 def test_two_concurrent_processes_per_command_change_each_run_exactly_once(
-    tk: Toolkit, spawn: Callable[..., subprocess.Popen[str]]
+    tk: Toolkit, spawn: Callable[..., subprocess.Popen[str]], tmp_path: Path
 ) -> None:
-    """Two processes of each command, all six at once, on three disjoint sets of runs."""
+    """Two processes of each command, all six at once, on three disjoint sets of runs.
+
+    They start sweeping together (``tests.maintenance_paced``: a go signal once all are loaded,
+    and each batch holds its locks 20 ms), so each pair overlaps for certain.
+    """
     sizes = {"refund": RUNS, "cleanup": RUNS, "recover": RUNS // 2}  # a recovery costs more
     seeded = {action: seed(tk, action, n) for action, n in sizes.items()}
+    go = tmp_path / "go"
     procs = {
         action: [
-            spawn(*COMMANDS[action], "--apply", "--json", "--batch-size", "10", actor=actor)
+            spawn(
+                *COMMANDS[action],
+                "--apply",
+                "--json",
+                "--batch-size",
+                "10",
+                actor=actor,
+                module="tests.maintenance_paced",
+                MAINT_GO=str(go),
+            )
             for actor in ("worker-1", "worker-2")
         ]
         for action in sizes
     }
+    for pair in procs.values():
+        for proc in pair:
+            wait_for_stderr_line(proc, "READY")
+    go.touch()
     reports = {action: [finish(p) for p in pair] for action, pair in procs.items()}
     for action in sizes:
         assert sum(int(r["changed"]) for r in reports[action]) == sizes[action]  # type: ignore[call-overload]
