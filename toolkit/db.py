@@ -44,7 +44,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         else:
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-            ping_idle_after = float(kwargs.pop("ping_idle_after", PING_IDLE_AFTER))
+            ping_idle_after = _seconds("ping_idle_after", kwargs.pop("ping_idle_after", None))
             # No automatic server-side prepares: a generic plan cached while toolkit_runs was
             # small scans the status index instead of the primary key once the table grows.
             connect_args = dict(kwargs.pop("connect_args", {}))
@@ -62,6 +62,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             f"no driver for {_safe(url)!r} ({err.name}): pip install 'toolkit[postgres]'"
         ) from err
     return engine
+
+
+def _seconds(name: str, value: object) -> float:
+    if value is None:
+        return PING_IDLE_AFTER
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigError(f"{name} must be a number of seconds >= 0, not {value!r}")
+    return float(value)
 
 
 def _ping_when_idle(engine: Engine, idle_after: float) -> None:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from tests.conftest import PG_ADMIN_URL, make_toolkit
-from toolkit.errors import DatabaseError
+from toolkit.errors import ConfigError, DatabaseError
 from toolkit.models import Run
 
 pytestmark = pytest.mark.postgres
@@ -89,3 +89,9 @@ def test_autocommit_statements_are_committed_one_by_one(pg_url: str) -> None:
             assert conn.execute(select(Run.error).where(Run.id == run_id)).scalar_one() == "kept"
     finally:
         tk.close()
+
+
+@pytest.mark.parametrize("bad", ["soon", -1, True])
+def test_a_bad_idle_ping_setting_is_a_config_error(pg_url: str, bad: object) -> None:
+    with pytest.raises(ConfigError, match="ping_idle_after must be a number of seconds"):
+        make_toolkit(pg_url, engine_options={"ping_idle_after": bad})
