@@ -66,7 +66,11 @@ class InngestBackend(BaseBackend):
         signature_max_age: float | None = DEFAULT_MAX_AGE,
     ) -> None:
         super().__init__(toolkit)
-        if signature_max_age is not None and not signature_max_age > 0:
+        if signature_max_age is not None and (
+            isinstance(signature_max_age, bool)
+            or not isinstance(signature_max_age, int | float)
+            or not signature_max_age > 0
+        ):
             raise InngestConfigError(
                 f"signature_max_age must be a positive number of seconds (or None to disable "
                 f"the replay window), not {signature_max_age!r}"
