@@ -31,6 +31,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -139,6 +140,22 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
 # --- measurement ----------------------------------------------------------------------------
 
 
+def in_threads(loop: Any, threads: int) -> Any:
+    """``loop(n)`` split over ``threads`` threads started together; returns when all are done."""
+
+    def run(n: int) -> None:
+        workers = [
+            threading.Thread(target=loop, args=(n // threads + (i < n % threads),))
+            for i in range(threads)
+        ]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+
+    return run
+
+
 def throughput(tk: Toolkit, args: argparse.Namespace) -> dict[str, Any]:
     backend: Any = tk.backends["celery"]
     task = backend.task_for(tk.jobs.get(JOB))
@@ -166,6 +183,14 @@ def throughput(tk: Toolkit, args: argparse.Namespace) -> dict[str, Any]:
         "tk.dispatch_many -> celery": toolkit_dispatch_many,
         "tk.dispatch -> no-op (record only)": record_only,
     }
+    baseline = dict.fromkeys(variants, "raw apply_async")
+    if args.threads > 1:  # the same loops from several threads at once, as a web process would
+        tk_threads = f"tk.dispatch -> celery, {args.threads} threads"
+        raw_threads = f"raw apply_async, {args.threads} threads"
+        variants[tk_threads] = in_threads(toolkit_dispatch, args.threads)
+        variants[raw_threads] = in_threads(raw_apply_async, args.threads)
+        baseline[tk_threads] = raw_threads
+        baseline[raw_threads] = raw_threads
     for fn in variants.values():  # warm-up: connections, prepared statements
         fn(20)
 
@@ -179,15 +204,17 @@ def throughput(tk: Toolkit, args: argparse.Namespace) -> dict[str, Any]:
     purge(backend)
     rates = {name: args.ops / statistics.median(s) for name, s in samples.items()}
     paired = {
-        name: common.paired_ratio(samples[name], samples["raw apply_async"])
+        name: common.paired_ratio(samples[name], samples[baseline[name]])
         for name in variants
-        if name != "raw apply_async"
+        if baseline[name] != name
     }
     return {
         "ops_per_block": args.ops,
         "rounds": args.rounds,
+        "threads": args.threads,
         "runs_per_s": rates,
-        "ratio_vs_raw": {n: rates[n] / rates["raw apply_async"] for n in paired},
+        "ratio_vs_raw": {n: rates[n] / rates[baseline[n]] for n in paired},
+        "baseline": {n: baseline[n] for n in paired},
         "paired_ratio_vs_raw": paired,
         "samples_s": samples,
     }
@@ -345,8 +372,8 @@ def render(result: dict[str, Any], console: Console) -> None:
         title=f"dispatch throughput: {tp['ops_per_block']} runs per block, "
         f"median of {tp['rounds']} rounds (no worker consuming)"
     )
-    for col in ("variant", "runs/s", "µs/run", "vs raw", "paired vs raw"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
+    for col in ("variant", "runs/s", "µs/run", "vs raw", "paired vs raw", "raw = "):
+        table.add_column(col, justify="right" if col in ("runs/s", "µs/run") else "left")
     for name, rate in tp["runs_per_s"].items():
         ratio = tp["ratio_vs_raw"].get(name)
         paired = tp["paired_ratio_vs_raw"].get(name)
@@ -356,6 +383,7 @@ def render(result: dict[str, Any], console: Console) -> None:
             f"{1e6 / rate:,.0f}",
             f"{ratio:.2f}x" if ratio else "-",
             f"{paired:.2f}x" if paired else "-",
+            tp.get("baseline", {}).get(name, "-"),
         )
     console.print(table)
     single = tp["ratio_vs_raw"]["tk.dispatch -> celery"]
@@ -405,6 +433,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/12")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ops", type=int, default=300, help="runs per throughput block")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=4,
+        help="also measure tk.dispatch and raw apply_async from this many threads (0: do not)",
+    )
     parser.add_argument("--rate", type=float, default=100.0, help="runs/s for the latency test")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency test")
     parser.add_argument("--concurrency", type=int, default=2, help="worker pool processes")
@@ -425,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     common.check_scratch_database(parser, args)
     if min(args.rounds, args.ops, args.concurrency) < 1 or args.rate <= 0 or args.seconds <= 0:
         parser.error("--rounds, --ops, --concurrency, --rate and --seconds must be positive")
+    if args.threads < 0:
+        parser.error("--threads must be 0 or more")
     common.emit(run(args), args.json, render, width=120)
     return 0
 

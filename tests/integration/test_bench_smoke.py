@@ -232,11 +232,12 @@ def test_celery(scratch_db: list[str], redis_url: str) -> None:
         "celery_bench.py",
         "celery",
         *scratch_db,
-        *("--broker", redis_url, "--rounds", "2", "--ops", "5", "--backlog", "10"),
+        *("--broker", redis_url, "--rounds", "2", "--ops", "6", "--backlog", "10"),
+        *("--threads", "2"),
         *("--rate", str(rate), "--seconds", str(seconds), "--concurrency", "1"),
     )
     throughput = result["throughput"]
-    assert len(throughput["runs_per_s"]) == 4
+    assert len(throughput["runs_per_s"]) == 6  # four single-threaded, two with --threads 2
     assert_all_positive(throughput["runs_per_s"], "runs/s")
     assert_all_positive(throughput["ratio_vs_raw"], "ratio vs raw")
     assert_all_positive(throughput["paired_ratio_vs_raw"], "paired ratio vs raw")
