@@ -44,7 +44,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from toolkit import Toolkit
-from toolkit.models import Run
+from toolkit.store.models import Run
 
 JOB = "bench-noop"
 RECORD_JOB = "bench-record-only"

@@ -53,7 +53,7 @@ from sqlalchemy import create_engine, insert
 from sqlalchemy.engine import Engine
 
 from toolkit import DispatchRequest, Toolkit
-from toolkit.models import Run
+from toolkit.store.models import Run
 
 ACCOUNT = "bench-account"
 LEGACY_JOB = "noop"

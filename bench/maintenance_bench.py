@@ -45,8 +45,8 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from toolkit.db import Database
-from toolkit.maintenance import BULK_BATCH
+from toolkit.maintenance.sweep import BULK_BATCH
+from toolkit.store.engine import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_RECOVERIES = 3

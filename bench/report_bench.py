@@ -12,7 +12,7 @@ failures, retries, fallbacks, in-flight runs, credits granted, debited and refun
 agree with the ledger), and a few credit errors on purpose. Then, interleaved round by round in
 a rotated order, over the same window:
 
-* ``toolkit report``: ``toolkit.report.build`` plus ``as_dict`` and ``json.dumps``: everything
+* ``toolkit report``: ``rollout.report.build`` plus ``as_dict`` and ``json.dumps``: everything
   ``toolkit report --json`` computes (counts, Wilson/Newcombe intervals, z-tests, percentiles,
   Mann-Whitney on capped samples, credit errors, negative balances, scorecard).
 * ``raw aggregate SQL``: the statement you would type in psql, through psycopg: one
@@ -20,7 +20,7 @@ a rotated order, over the same window:
   duration, at the server's default settings.
 * ``raw aggregate SQL, work_mem 64MB``: the same statement after the one session setting the
   report changes in its own transactions (``SET LOCAL work_mem``, so percentile sorts stay in
-  memory; :data:`toolkit.snapshot.WORK_MEM`), so a reader sees both.
+  memory; :data:`toolkit.store.snapshot.WORK_MEM`), so a reader sees both.
 * ``raw, every report figure``: that statement plus fallbacks, both credit-error counts and the
   negative balances, one after another on one connection.
 
@@ -46,9 +46,9 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit import Toolkit
-from toolkit.models import utcnow
-from toolkit.report import build
-from toolkit.snapshot import WORK_MEM
+from toolkit.rollout.report import build
+from toolkit.store.models import utcnow
+from toolkit.store.snapshot import WORK_MEM
 
 JOBS = ("daily-batch", "prediction-session")
 GOAL_RATIO = 1.5

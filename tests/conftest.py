@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from toolkit import Toolkit
-from toolkit.db import Database
+from toolkit.store.engine import Database
 
 PG_ADMIN_URL = os.environ.get(
     "TOOLKIT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 
 from tests.jobs_fixture import SESSION, Calls, ParkedBackend, register_session_job
 from toolkit import DispatchRequest, Toolkit
-from toolkit.models import (
+from toolkit.store.models import (
     AuditEntry,
     CreditAccount,
     CreditEntry,

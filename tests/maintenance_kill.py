@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from toolkit.cli import main
-from toolkit.maintenance import Change, Sweeper
+from toolkit.maintenance.sweep import Change, Sweeper
 
 STOP_AT = int(os.environ.get("MAINT_STOP_AT_BATCH", "1"))
 _real_audit = Sweeper._audit

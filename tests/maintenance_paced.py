@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from toolkit.cli import main
-from toolkit.maintenance import Change, Sweeper
+from toolkit.maintenance.sweep import Change, Sweeper
 
 GO = Path(os.environ["MAINT_GO"])
 PAUSE = float(os.environ.get("MAINT_BATCH_PAUSE", "0.02"))

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from toolkit import Toolkit
-from toolkit.models import AuditEntry, CreditAccount, CreditEntry, Run
+from toolkit.store.models import AuditEntry, CreditAccount, CreditEntry, Run
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
 

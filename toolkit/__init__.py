@@ -1,6 +1,7 @@
 """Move inline background work onto durable engines behind a percentage flag, reversibly."""
 
 from toolkit.app import Toolkit
+from toolkit.dispatch.handles import DispatchRequest, Route, RunHandle
 from toolkit.errors import (
     BackendUnavailable,
     InsufficientCredits,
@@ -10,9 +11,8 @@ from toolkit.errors import (
     UnknownJob,
     UnknownRun,
 )
-from toolkit.handles import DispatchRequest, Route, RunHandle
 from toolkit.jobs import JobContext, JobSpec, RateLimit
-from toolkit.models import RunStatus
+from toolkit.store.models import RunStatus
 
 __all__ = [
     "BackendUnavailable",

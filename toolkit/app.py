@@ -11,20 +11,20 @@ from openfeature.provider import FeatureProvider
 from openfeature.provider.no_op_provider import NoOpProvider
 
 from toolkit import config
-from toolkit.audit import AuditLog, default_actor
 from toolkit.backends import load_backend
 from toolkit.backends.base import BaseBackend
 from toolkit.backends.legacy import LegacyBackend, LegacyMode
-from toolkit.credits import Credits
-from toolkit.db import Database
-from toolkit.dispatcher import LEGACY, Dispatcher, DispatchRequest, Route, RunHandle
+from toolkit.dispatch.dispatcher import LEGACY, Dispatcher, DispatchRequest, Route, RunHandle
 from toolkit.errors import ConfigError, InvalidInput
 from toolkit.flags.provider import RolloutProvider
-from toolkit.flags.store import RolloutStore, RolloutView
 from toolkit.jobs import JobFunction, JobRegistry, JobSpec, RateLimit, make_spec
-from toolkit.models import RolloutState
-from toolkit.runs import RunQueries, parse_run_id
-from toolkit.runtime import Runtime
+from toolkit.runtime.lifecycle import Runtime
+from toolkit.store.audit import AuditLog, default_actor
+from toolkit.store.credits import Credits
+from toolkit.store.engine import Database
+from toolkit.store.models import RolloutState
+from toolkit.store.rollouts import RolloutStore, RolloutView
+from toolkit.store.runs import RunQueries, parse_run_id
 
 
 class Toolkit:

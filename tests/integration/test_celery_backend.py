@@ -21,10 +21,10 @@ from sqlalchemy import update
 from tests.support.celery_app import STEPS_TIMEOUT, TEST_BACKEND_OPTIONS, register_jobs
 from tests.support.celery_harness import REDIS_URL, unreachable
 from toolkit import RunStatus, Toolkit
-from toolkit.backends.celery import CeleryBackend, mask_url
+from toolkit.backends.celery.backend import CeleryBackend, mask_url
 from toolkit.cli import main
 from toolkit.errors import BrokerConfigError
-from toolkit.models import Run, utcnow
+from toolkit.store.models import Run, utcnow
 
 STEPS = {"steps": ["a", "b"]}
 
@@ -311,7 +311,7 @@ def test_soft_time_limit_becomes_a_final_job_timeout(celery_tk: Any) -> None:
 
 @pytest.fixture
 def bucket() -> Iterator[Any]:
-    from toolkit.backends.ratelimit import RedisTokenBucket
+    from toolkit.backends.celery.ratelimit import RedisTokenBucket
 
     reason = unreachable(REDIS_URL)
     if reason:
@@ -325,7 +325,7 @@ def bucket() -> Iterator[Any]:
 
 def test_token_bucket_bursts_then_reserves_spaced_slots(bucket: Any) -> None:
     from toolkit import RateLimit
-    from toolkit.backends.ratelimit import Verdict
+    from toolkit.backends.celery.ratelimit import Verdict
 
     limit = RateLimit("llm", limit=4, period=2.0)  # 2 tokens/s
     try:
@@ -345,7 +345,7 @@ def test_token_bucket_bursts_then_reserves_spaced_slots(bucket: Any) -> None:
 
 def test_token_bucket_unreachable_redis_is_a_clear_error() -> None:
     from toolkit import RateLimit
-    from toolkit.backends.ratelimit import RedisTokenBucket
+    from toolkit.backends.celery.ratelimit import RedisTokenBucket
     from toolkit.errors import RateLimitUnavailable
 
     bucket = RedisTokenBucket("redis://127.0.0.1:1/0", connect_timeout=0.5)

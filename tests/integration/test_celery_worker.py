@@ -30,7 +30,7 @@ from tests.support.celery_harness import (
     wait_for,
 )
 from toolkit import Toolkit
-from toolkit.runs import RunView
+from toolkit.store.runs import RunView
 
 pytestmark = pytest.mark.postgres
 

@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 
 from tests.cli_app import build
 from toolkit.cli import main
-from toolkit.db import Database
+from toolkit.store.engine import Database
 
 APP = "tests.cli_app:build"
 ROOT = Path(__file__).resolve().parents[2]

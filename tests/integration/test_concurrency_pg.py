@@ -22,7 +22,7 @@ from sqlalchemy import func, insert, select, text
 from tests.conftest import make_toolkit
 from tests.jobs_fixture import ParkedBackend
 from toolkit import DispatchRequest, InsufficientCredits, JobContext, RunHandle, RunStatus, Toolkit
-from toolkit.models import CreditEntry, DeadLetter, LedgerKind, Run
+from toolkit.store.models import CreditEntry, DeadLetter, LedgerKind, Run
 
 pytestmark = pytest.mark.postgres
 

@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, select, text
 
 from tests.conftest import PG_ADMIN_URL, make_toolkit
 from toolkit.errors import ConfigError, DatabaseError
-from toolkit.models import Run
+from toolkit.store.models import Run
 
 pytestmark = pytest.mark.postgres
 

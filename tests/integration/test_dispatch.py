@@ -17,7 +17,7 @@ from tests.conftest import make_toolkit
 from tests.jobs_fixture import SESSION, Calls, ParkedBackend, register_session_job
 from toolkit import DispatchRequest, InsufficientCredits, RunStatus, Toolkit, UnknownJob
 from toolkit.errors import InvalidInput, InvalidPayload
-from toolkit.models import CreditEntry, Run
+from toolkit.store.models import CreditEntry, Run
 
 
 @pytest.fixture

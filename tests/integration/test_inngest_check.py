@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.backends.inngest_config import Difference, compare
+from toolkit.backends.inngest.check import Difference, compare
 from toolkit.cli import main
 
 APP = "tests.support.inngest_app:build"

@@ -29,10 +29,10 @@ from toolkit import (
     Toolkit,
 )
 from toolkit.backends.base import SubmittedRun
-from toolkit.backends.inngest import InngestBackend
-from toolkit.backends.inngest_functions import InngestConfigError, JobRunner, function_options
+from toolkit.backends.inngest.backend import InngestBackend
+from toolkit.backends.inngest.functions import InngestConfigError, JobRunner, function_options
 from toolkit.jobs import JobSpec, make_spec
-from toolkit.models import Run
+from toolkit.store.models import Run
 
 JOB = "prediction-session"
 
@@ -276,7 +276,7 @@ def test_import_toolkit_does_not_import_inngest_or_fastapi() -> None:
 def test_production_mode_will_not_serve_without_a_signing_key(
     config_tk: Toolkit, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from toolkit.web import create_app
+    from toolkit.backends.inngest.web import create_app
 
     monkeypatch.delenv("INNGEST_SIGNING_KEY", raising=False)
     config_tk.use_backend("inngest", app_id="app", is_production=True)

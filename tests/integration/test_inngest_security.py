@@ -20,7 +20,7 @@ from tests.support.inngest_harness import (
     sign,
 )
 from toolkit import JobContext, RunStatus, Toolkit
-from toolkit.models import Run
+from toolkit.store.models import Run
 
 JOB = "prediction-session"
 

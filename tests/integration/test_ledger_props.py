@@ -38,8 +38,8 @@ from toolkit import (
     RunStatus,
     Toolkit,
 )
-from toolkit.models import CreditEntry, LedgerKind, Run
-from toolkit.runtime import Outcome
+from toolkit.runtime.lifecycle import Outcome
+from toolkit.store.models import CreditEntry, LedgerKind, Run
 
 Q, R = RunStatus.QUEUED, RunStatus.RUNNING
 C, F, X = RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED

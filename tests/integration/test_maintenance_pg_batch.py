@@ -1,4 +1,4 @@
-"""On PostgreSQL a refund or cleanup batch is one statement (:mod:`toolkit.maintenance_pg`);
+"""On PostgreSQL a refund or cleanup batch is one statement (:mod:`toolkit.store.batches`);
 it must leave exactly what the generic batch (locking SELECT, then ``Credits.refund_many_in``
 or ``Runtime.fail_many_in``) leaves: the same statuses, errors, dead letters, refunds, balances
 and audit entries, run for run."""
@@ -22,9 +22,10 @@ from tests.maintenance_fixture import (
     setup_jobs,
     start,
 )
-from toolkit import Toolkit, maintenance_ops
-from toolkit.maintenance import Filters, Sweep
-from toolkit.models import AuditEntry, CreditEntry, DeadLetter, Run
+from toolkit import Toolkit
+from toolkit.maintenance import operations as maintenance_ops
+from toolkit.maintenance.sweep import Filters, Sweep
+from toolkit.store.models import AuditEntry, CreditEntry, DeadLetter, Run
 
 pytestmark = pytest.mark.postgres
 

@@ -36,7 +36,7 @@ from tests.maintenance_fixture import (
     setup_jobs,
 )
 from toolkit import Toolkit
-from toolkit.models import AuditEntry, Run
+from toolkit.store.models import AuditEntry, Run
 
 pytestmark = pytest.mark.postgres
 

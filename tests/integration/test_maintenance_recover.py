@@ -29,10 +29,11 @@ from tests.maintenance_fixture import (
     statuses,
 )
 from tests.maintenance_fixture import age as make_stuck
-from toolkit import Toolkit, maintenance_ops
+from toolkit import Toolkit
 from toolkit.errors import AppLoadError, RunLost
-from toolkit.maintenance import Filters, Report
-from toolkit.models import Run
+from toolkit.maintenance import operations as maintenance_ops
+from toolkit.maintenance.sweep import Filters, Report
+from toolkit.store.models import Run
 
 
 @pytest.fixture

@@ -22,10 +22,11 @@ from tests.maintenance_fixture import (
     setup_jobs,
     snapshot,
 )
-from toolkit import RunStatus, Toolkit, maintenance_ops
+from toolkit import RunStatus, Toolkit
 from toolkit.errors import DatabaseError, InvalidInput, UnknownBackend, UnknownJob
-from toolkit.maintenance import BULK_BATCH, DEFAULT_BATCH, Filters, Sweeper
-from toolkit.models import AuditEntry, Run, utcnow
+from toolkit.maintenance import operations as maintenance_ops
+from toolkit.maintenance.sweep import BULK_BATCH, DEFAULT_BATCH, Filters, Sweeper
+from toolkit.store.models import AuditEntry, Run, utcnow
 
 
 @pytest.fixture(autouse=True)

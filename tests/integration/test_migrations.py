@@ -10,8 +10,8 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from toolkit.db import VERSION_TABLE, Database
-from toolkit.models import Base
+from toolkit.store.engine import VERSION_TABLE, Database
+from toolkit.store.models import Base
 
 
 def _diff(db: Database) -> list[object]:

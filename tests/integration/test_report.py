@@ -12,12 +12,12 @@ import pytest
 
 from tests.report_fixture import T0, Seed, arm, grant, insert_runs
 from toolkit import Toolkit
-from toolkit import report_latency as rl
-from toolkit import report_queries as rq
 from toolkit.cli import main
-from toolkit.gates import RolloutPlan, Verdict
-from toolkit.report import build
-from toolkit.stats import mann_whitney, newcombe, two_proportion_z, wilson
+from toolkit.rollout import latency as rl
+from toolkit.rollout import queries as rq
+from toolkit.rollout.gates import RolloutPlan, Verdict
+from toolkit.rollout.report import build
+from toolkit.rollout.stats import mann_whitney, newcombe, two_proportion_z, wilson
 
 JOB = "prediction-session"
 SINCE = T0 - timedelta(hours=1)
@@ -280,7 +280,7 @@ def test_cli_json_and_tables(
 def _state(url: str) -> tuple[int, int]:
     from sqlalchemy import func, select
 
-    from toolkit.models import AuditEntry, Run
+    from toolkit.store.models import AuditEntry, Run
 
     tk = Toolkit(url, legacy_mode="blocking")
     try:
@@ -321,8 +321,8 @@ def test_worker_connections_read_the_lead_snapshot(pg_url: str) -> None:
     """Rows committed after the snapshot was exported are invisible to the lead and workers."""
     from sqlalchemy import func, select
 
-    from toolkit.models import Run
-    from toolkit.snapshot import snapshot
+    from toolkit.store.models import Run
+    from toolkit.store.snapshot import snapshot
 
     tk = Toolkit(pg_url, legacy_mode="blocking")
     try:

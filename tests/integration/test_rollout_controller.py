@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pytest
 
-import toolkit.rollout
+import toolkit.rollout.controller
 from tests.report_fixture import Seed, arm, insert_runs, last_audit
 from toolkit import Toolkit
 from toolkit.cli import main
 from toolkit.errors import ConfigError, InvalidInput, VersionConflict
-from toolkit.gates import RolloutPlan, Verdict
-from toolkit.models import utcnow
-from toolkit.rollout import (
+from toolkit.rollout.controller import (
     GatesFailed,
     GatesInconclusive,
     RolloutController,
@@ -31,6 +29,8 @@ from toolkit.rollout import (
     StepComplete,
     Tick,
 )
+from toolkit.rollout.gates import RolloutPlan, Verdict
+from toolkit.store.models import utcnow
 
 JOB = "prediction-session"
 PLAN = RolloutPlan(min_runs=20, min_soak="10m")
@@ -439,7 +439,7 @@ def test_cli_watch_stops_cleanly_on_ctrl_c(
         def sleep(_seconds: float) -> None:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(toolkit.rollout, "time", CtrlCDuringSleep())
+    monkeypatch.setattr(toolkit.rollout.controller, "time", CtrlCDuringSleep())
     code, out, err = run(capsys, "rollout", "watch", JOB, "--auto-advance")
     assert code == 0, err
     assert "#1 10% INCONCLUSIVE" in out and "watch stopped (Ctrl-C) after 1 evaluations" in out

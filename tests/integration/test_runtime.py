@@ -10,7 +10,7 @@ import pytest
 from tests.jobs_fixture import SESSION, Calls, ParkedBackend, register_session_job
 from toolkit import JobContext, RunStatus, Toolkit
 from toolkit.config import RetryPolicy
-from toolkit.runtime import Outcome
+from toolkit.runtime.lifecycle import Outcome
 
 
 @pytest.fixture

@@ -37,8 +37,8 @@ from sqlalchemy import select
 from tests.conftest import make_toolkit
 from tests.jobs_fixture import ParkedBackend
 from toolkit import JobContext, NonRetriableError, RunStatus
-from toolkit.models import TERMINAL, CreditEntry, DeadLetter, LedgerKind, Run
-from toolkit.runtime import Claim, Outcome
+from toolkit.runtime.lifecycle import Claim, Outcome
+from toolkit.store.models import TERMINAL, CreditEntry, DeadLetter, LedgerKind, Run
 
 Q, R = RunStatus.QUEUED, RunStatus.RUNNING
 C, F, X = RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED

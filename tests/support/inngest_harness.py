@@ -2,7 +2,7 @@
 
 ``inngest_harness(tk)`` starts, on loopback, and stops again on exit:
 
-* the app's real serve route (``toolkit.web.create_app``) under uvicorn in a thread, in
+* the app's real serve route (``inngest.web.create_app``) under uvicorn in a thread, in
   production mode with a test signing key, so every request must carry a valid signature;
 * a fake Inngest API (a real HTTP server thread) that records ``POST /e/<event key>`` and
   accepts the SDK's sync (``POST /fn/register``);
@@ -55,9 +55,9 @@ from tests.support.inngest_fakes import (
     sign,
 )
 from toolkit import RunHandle, Toolkit
-from toolkit.backends.inngest import InngestBackend
-from toolkit.runs import RunView
-from toolkit.web import create_app
+from toolkit.backends.inngest.backend import InngestBackend
+from toolkit.backends.inngest.web import create_app
+from toolkit.store.runs import RunView
 
 __all__ = [
     "APP_ID", "CRON_SECRET", "EVENT_KEY", "OTHER_SIGNING_KEY", "SIGNING_KEY", "Executor",

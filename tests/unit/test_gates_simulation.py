@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from toolkit.gates import Action, ArmCounts, RolloutPlan, Verdict, decide, evaluate
+from toolkit.rollout.gates import Action, ArmCounts, RolloutPlan, Verdict, decide, evaluate
 
 ROLLOUTS = 500
 RUNS_PER_EVALUATION = 50

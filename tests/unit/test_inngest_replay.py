@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from toolkit import Toolkit
-from toolkit.backends.inngest_functions import InngestConfigError
-from toolkit.backends.inngest_replay import stale_signature
+from toolkit.backends.inngest.functions import InngestConfigError
+from toolkit.backends.inngest.replay import stale_signature
 
 NOW = 1_800_000_000.0
 

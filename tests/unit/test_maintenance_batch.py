@@ -1,4 +1,4 @@
-"""How a PostgreSQL batch's one result is read (:class:`toolkit.maintenance_pg.Batch`): the page
+"""How a PostgreSQL batch's one result is read (:class:`toolkit.store.batches.Batch`): the page
 in order, and who was moved and refunded, from the page itself when everything was done, from
 the rows that follow it when a concurrent invocation got to some runs first."""
 
@@ -8,7 +8,7 @@ import uuid
 from collections import namedtuple
 from datetime import UTC, datetime
 
-from toolkit.maintenance_pg import DONE, MOVED, PAGE, REFUNDED, Batch
+from toolkit.store.batches import DONE, MOVED, PAGE, REFUNDED, Batch
 
 R = namedtuple("R", "part id job backend status created_at amount all_moved all_refunded")
 AT = datetime(2026, 11, 30, tzinfo=UTC)

@@ -13,7 +13,7 @@ from openfeature.flag_evaluation import Reason
 
 from toolkit.flags.bucketing import in_rollout
 from toolkit.flags.provider import RolloutProvider
-from toolkit.flags.store import RolloutView, unset
+from toolkit.store.rollouts import RolloutView, unset
 
 
 class FakeClock:

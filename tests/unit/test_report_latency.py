@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from toolkit.report_latency import Figures, Latencies, Samples, sample_limit
+from toolkit.rollout.latency import Figures, Latencies, Samples, sample_limit
 
 
 def test_sample_limit_keeps_about_cap_of_n_runs() -> None:

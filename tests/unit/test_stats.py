@@ -1,4 +1,4 @@
-"""toolkit.stats against published values, plus properties that any correct version satisfies.
+"""rollout.stats against published values, plus properties that any correct version satisfies.
 
 Sources: Newcombe RG (1998) "Two-sided confidence intervals for the single proportion:
 comparison of seven methods", Stat Med 17:857-872, Table I (Wilson score, method 3); Newcombe RG
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from toolkit.stats import (
+from toolkit.rollout.stats import (
     mann_whitney,
     newcombe,
     normal_quantile,

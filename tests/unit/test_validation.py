@@ -18,8 +18,8 @@ from toolkit.errors import (
     MissingExtra,
     UnknownJob,
 )
-from toolkit.flags.store import parse_percentage
 from toolkit.jobs import JobRegistry, make_spec
+from toolkit.store.rollouts import parse_percentage
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from toolkit.errors import BackendUnavailable, ToolkitError
-from toolkit.runtime import Outcome
+from toolkit.runtime.lifecycle import Outcome
 
 if TYPE_CHECKING:
     from toolkit.app import Toolkit

@@ -28,7 +28,7 @@ def current(obj: CliContext, as_json: bool) -> None:
     """Show the applied migration revision."""
     from alembic.runtime.migration import MigrationContext
 
-    from toolkit.db import VERSION_TABLE
+    from toolkit.store.engine import VERSION_TABLE
 
     tk = obj.toolkit
     with tk.db.engine.connect() as conn:

@@ -17,7 +17,7 @@ from toolkit.cli.render import console, emit_json, table
 from toolkit.errors import ConfigError
 
 if TYPE_CHECKING:
-    from toolkit.backends.inngest import InngestBackend
+    from toolkit.backends.inngest.backend import InngestBackend
 
 KIND_STYLE = {"code": "bold red", "snapshot": "red", "new": "yellow", "removed": "yellow"}
 
@@ -45,7 +45,7 @@ def check(obj: CliContext, snapshot_path: Path, write_snapshot: bool, as_json: b
     Exit 1 on any drift: a field the code declares that the registration does not carry, or
     a registration that differs from the snapshot (new, removed or changed functions).
     """
-    from toolkit.backends import inngest_config as cfg
+    from toolkit.backends.inngest import check as cfg
 
     backend = _backend(obj)
     registered = cfg.registered(backend)
@@ -86,7 +86,7 @@ def check(obj: CliContext, snapshot_path: Path, write_snapshot: bool, as_json: b
 def _backend(obj: CliContext) -> InngestBackend:
     if not obj.app_spec:
         raise ConfigError("pass --app (or set TOOLKIT_APP): the functions come from your jobs")
-    from toolkit.backends.inngest import InngestBackend
+    from toolkit.backends.inngest.backend import InngestBackend
 
     backend = obj.toolkit.backends.get("inngest")
     if not isinstance(backend, InngestBackend):

@@ -2,7 +2,7 @@
 the run with its progress bar, and the report (rich tables, or ``--json``).
 
 Each command lives in a module of its own (``recover``, ``cleanup``, ``refund``) so the root
-group registers it like any other; the logic is in :mod:`toolkit.maintenance_ops`.
+group registers it like any other; the logic is in :mod:`toolkit.maintenance.operations`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import click
 
 from toolkit.cli.context import CliContext, parse_since
 from toolkit.cli.render import console, emit_json, err_console, status, table, when
-from toolkit.maintenance import BULK_BATCH, DEFAULT_BATCH, MAX_BATCH, Filters, Report
-from toolkit.maintenance_ops import DEFAULT_MAX_RECOVERIES, DEFAULT_OLDER_THAN, sweeper
+from toolkit.maintenance.operations import DEFAULT_MAX_RECOVERIES, DEFAULT_OLDER_THAN, sweeper
+from toolkit.maintenance.sweep import BULK_BATCH, DEFAULT_BATCH, MAX_BATCH, Filters, Report
 
 F = TypeVar("F", bound=Callable[..., Any])
 

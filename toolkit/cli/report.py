@@ -11,9 +11,9 @@ from rich.table import Table
 from toolkit.cli.context import CliContext, parse_since, pass_ctx
 from toolkit.cli.render import console, emit_json, seconds, table
 from toolkit.errors import InvalidInput
-from toolkit.gates import Gate, Verdict
-from toolkit.report import LEGACY, Report, build
-from toolkit.stats import Interval, RankTest
+from toolkit.rollout.gates import Gate, Verdict
+from toolkit.rollout.report import LEGACY, Report, build
+from toolkit.rollout.stats import Interval, RankTest
 
 VERDICT_STYLE = {
     Verdict.PASS: "bold green",

@@ -13,7 +13,7 @@ from toolkit.cli.context import CliContext, pass_ctx
 from toolkit.cli.render import console, emit_json, percentage, table
 from toolkit.flags.bucketing import bucket
 from toolkit.flags.provider import RolloutProvider
-from toolkit.flags.store import RolloutView
+from toolkit.store.rollouts import RolloutView
 
 _REASON = click.option("--reason", required=True, help="Why: recorded in the audit log.")
 _ACTOR = click.option("--actor", default=None, help="Who (default $TOOLKIT_ACTOR or the OS user).")

@@ -11,8 +11,7 @@ from toolkit.cli.context import CliContext, pass_ctx
 from toolkit.cli.render import console, emit_json, percentage, status, table, when
 from toolkit.cli.report import gates_table, verdict
 from toolkit.config import parse_duration
-from toolkit.gates import Action, step_text
-from toolkit.rollout import (
+from toolkit.rollout.controller import (
     GatesFailed,
     GatesInconclusive,
     RollbackResult,
@@ -21,6 +20,7 @@ from toolkit.rollout import (
     StepEvaluation,
     Tick,
 )
+from toolkit.rollout.gates import Action, step_text
 
 _REASON = click.option("--reason", required=True, help="Why: recorded in the audit log.")
 _ACTOR = click.option("--actor", default=None, help="Who (default $TOOLKIT_ACTOR or the OS user).")

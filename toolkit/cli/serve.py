@@ -29,7 +29,7 @@ def group(obj: CliContext, host: str, port: int, log_level: str) -> None:
     try:
         import uvicorn
 
-        from toolkit.web import create_app
+        from toolkit.backends.inngest.web import create_app
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"toolkit serve needs the {exc.name!r} package: pip install 'toolkit[web]'"

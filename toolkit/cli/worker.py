@@ -64,7 +64,7 @@ def group(
     if backend is None:
         backend = tk.use_backend("celery")  # configured from TOOLKIT_BROKER_URL
 
-    from toolkit.backends.celery import CeleryBackend  # lazy: only the worker needs celery
+    from toolkit.backends.celery.backend import CeleryBackend  # lazy: only the worker needs celery
 
     if not isinstance(backend, CeleryBackend):
         raise ConfigError(

@@ -17,7 +17,7 @@ from openfeature.flag_evaluation import FlagResolutionDetails, Reason
 from openfeature.provider import AbstractProvider, Metadata
 
 from toolkit.flags.bucketing import in_rollout
-from toolkit.flags.store import RolloutView
+from toolkit.store.rollouts import RolloutView
 
 ON = "on"
 OFF = "off"

@@ -1,0 +1,230 @@
+"""What a Celery worker does with one delivered message: the run id → runtime calls.
+
+1. A job with a shared rate limit asks the Redis bucket first. No token: the message is
+   re-published with a countdown (a reserved slot, or "ask again"), the worker is not blocked.
+2. Claim the run: QUEUED → RUNNING, or *take over* a RUNNING run whose heartbeat is stale.
+   The staleness test is part of the conditional UPDATE (``Runtime.claim(stale_before=...)``).
+3. Not claimed: finished or unknown → the message is a duplicate and is dropped; RUNNING with a
+   fresh heartbeat → its holder is alive (a broker redelivery after a connection loss, a
+   requeue after a child died a moment ago, a recovery re-dispatch), so the message is
+   re-published to look again once that heartbeat would be stale.
+4. Run one attempt through the runtime, with a heartbeat thread beating the run while it runs.
+   Outcome RETRY → re-publish with the backoff as countdown; the run waits QUEUED.
+
+Why the heartbeat and not the broker's ``redelivered`` flag decides a take-over: the flag is
+set when RabbitMQ loses a connection to a worker that may still be running the attempt, and it
+is absent on a recovery re-dispatch of a run whose worker really died. A heartbeat that stopped
+for ``stale_after`` seconds says the holder is gone (or hung), and the fencing in the runtime
+stops an old holder that comes back from publishing anything. Two live workers therefore never
+run the same attempt.
+
+Anything that goes wrong outside the job (database or Redis unreachable) re-publishes the
+message with ``retry_delay``; if even that fails the message is rejected back to the broker.
+Nothing is acknowledged that was not handed on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+import uuid
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+
+from toolkit.backends.celery.ratelimit import Verdict
+from toolkit.errors import JobTimeout, ToolkitError, UnknownRun
+from toolkit.jobs import JobContext, JobSpec
+from toolkit.runtime.lifecycle import AttemptResult, Claim, Outcome, Runtime
+from toolkit.store.models import RunStatus, utcnow
+
+if TYPE_CHECKING:
+    from toolkit.backends.celery.backend import CeleryBackend
+
+log = logging.getLogger("toolkit.backends.celery")
+
+
+class Heartbeat:
+    """One daemon thread per worker process that keeps the held attempts' heartbeats fresh.
+
+    Steps beat too, but a single model call can outlast ``stale_after``; this thread is what
+    lets another worker tell a long step from a dead worker.
+    """
+
+    def __init__(self, runtime: Runtime, interval: float) -> None:
+        self._runtime = runtime
+        self._interval = interval
+        self._held: dict[tuple[uuid.UUID, int], Claim] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, claim: Claim) -> None:
+        with self._lock:
+            self._held[(claim.run_id, claim.attempt)] = claim
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="toolkit-heartbeat", daemon=True
+                )
+                self._thread.start()
+
+    def release(self, claim: Claim) -> None:
+        with self._lock:
+            self._held.pop((claim.run_id, claim.attempt), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            with self._lock:
+                claims = list(self._held.values())
+                if not claims:  # nothing held: stop; the next hold() starts a new thread
+                    self._thread = None
+                    return
+            for claim in claims:
+                try:
+                    alive = self._runtime.heartbeat(claim)
+                except ToolkitError as exc:  # database unreachable: try again next beat
+                    log.warning("heartbeat of run %s failed: %s", claim.run_id, exc)
+                    continue
+                if not alive:  # taken over, cancelled or failed: fenced at its next step
+                    self.release(claim)
+
+
+class Delivery:
+    def __init__(self, backend: CeleryBackend) -> None:
+        self.backend = backend
+        self.runtime = backend.runtime
+        self.settings = backend.settings
+        self._heartbeats: dict[int, Heartbeat] = {}
+
+    def heartbeat(self) -> Heartbeat:
+        """The current process's heartbeat (a forked pool child starts its own)."""
+        pid = os.getpid()
+        beat = self._heartbeats.get(pid)
+        if beat is None:
+            beat = self._heartbeats[pid] = Heartbeat(self.runtime, self.settings.heartbeat_interval)
+        return beat
+
+    # --- one message ---------------------------------------------------------------------
+
+    def handle(self, task: Any, job: JobSpec, run_id_text: str, *, reserved: bool) -> str:
+        try:
+            run_id = uuid.UUID(str(run_id_text))
+        except ValueError:
+            log.error("task %s got a malformed run id %r: message dropped", task.name, run_id_text)
+            return "malformed"
+        try:
+            return self._deliver(job, run_id, reserved=reserved)
+        except Reject:
+            raise
+        except Exception as exc:
+            if isinstance(exc, ToolkitError | SoftTimeLimitExceeded):
+                log.warning("run %s: %s; trying again in %gs", run_id, exc, self._retry_delay)
+            else:
+                log.exception("run %s: unexpected error; trying again later", run_id)
+            self._republish(job, run_id, self._retry_delay, why=type(exc).__name__)
+            return "deferred"
+
+    @property
+    def _retry_delay(self) -> float:
+        return self.settings.retry_delay
+
+    def _deliver(self, job: JobSpec, run_id: uuid.UUID, *, reserved: bool) -> str:
+        if job.rate_limit is not None and not reserved:
+            admission = self.backend.limiter().acquire(job.rate_limit)
+            if not admission.allowed:
+                self._republish(
+                    job,
+                    run_id,
+                    admission.wait,
+                    reserved=admission.verdict is Verdict.RESERVED,
+                    why=f"rate limit {job.rate_limit.key!r}: {admission.verdict}",
+                )
+                return f"rate-limited ({admission.verdict})"
+        stale_before = utcnow() - timedelta(seconds=self.settings.stale_after)
+        claim = self.runtime.claim(run_id, take_over=True, stale_before=stale_before)
+        if claim is None:
+            return self._not_claimed(job, run_id)
+        return self._run(job, claim)
+
+    def _not_claimed(self, job: JobSpec, run_id: uuid.UUID) -> str:
+        try:
+            run = self.backend.toolkit.runs.get(run_id)
+        except UnknownRun:
+            log.error("run %s of job %r is not in the database: message dropped", run_id, job.name)
+            return "unknown"
+        if run.status != RunStatus.RUNNING:
+            # Finished, cancelled, or requeued by its holder, whose retry message is on its way.
+            return "duplicate"
+        beat = run.heartbeat_at or utcnow()
+        stale_at = beat + timedelta(seconds=self.settings.stale_after)
+        wait = (stale_at - utcnow()).total_seconds() + self.settings.heartbeat_interval
+        self._republish(job, run_id, max(wait, 0.1), why=f"attempt {run.attempts} is alive")
+        return "deferred"
+
+    def _run(self, job: JobSpec, claim: Claim) -> str:
+        if claim.attempt > job.max_attempts:
+            # Only a take-over gets here: the holders of the earlier attempts died mid-run.
+            error = (
+                f"the worker running attempt {claim.attempt - 1} was lost and no attempts are "
+                f"left ({job.retries} retries)"
+            )
+            self.runtime.fail(claim.run_id, error, attempt=claim.attempt)
+            return Outcome.FAILED.value
+        beat = self.heartbeat()
+        beat.hold(claim)
+        try:
+            result = self.runtime.attempt(_soft_limit_as_timeout(claim))
+        except SoftTimeLimitExceeded:  # hit outside the job function, e.g. while completing
+            result = self._timed_out(claim)
+        finally:
+            beat.release(claim)
+        if result.outcome is Outcome.RETRY:
+            self._republish(job, claim.run_id, result.delay, why=f"retry {result.attempt + 1}")
+        return result.outcome.value
+
+    def _timed_out(self, claim: Claim) -> AttemptResult:
+        error = f"{JobTimeout.__name__}: {_timeout_message(claim.job)}"
+        if self.runtime.fail(claim.run_id, error, attempt=claim.attempt):
+            return AttemptResult(Outcome.FAILED, claim.attempt, error=error)
+        return AttemptResult(Outcome.SKIPPED, claim.attempt)
+
+    def _republish(
+        self,
+        job: JobSpec,
+        run_id: uuid.UUID,
+        countdown: float,
+        *,
+        reserved: bool = False,
+        why: str,
+    ) -> None:
+        try:
+            self.backend.publish(job, run_id, countdown=countdown, reserved=reserved)
+        except Exception as exc:
+            log.warning("run %s: could not re-publish (%s), message requeued: %s", run_id, why, exc)
+            raise Reject(f"re-publish failed: {type(exc).__name__}", requeue=True) from exc
+        log.debug("run %s re-published with countdown %.3fs: %s", run_id, countdown, why)
+
+
+def _timeout_message(job: JobSpec) -> str:
+    return f"run exceeded the {job.timeout:g}s timeout of job {job.name!r} (soft time limit)"
+
+
+def _soft_limit_as_timeout(claim: Claim) -> Claim:
+    """The claim with a job function that reports Celery's soft time limit as JobTimeout.
+
+    ``JobTimeout`` is non-retriable, so the runtime fails the run at once, with dead letter and
+    refund, as it does when the legacy executor sees the deadline pass between steps.
+    """
+    job, fn = claim.job, claim.job.fn
+
+    def timed(ctx: JobContext, payload: Any) -> Any:
+        try:
+            return fn(ctx, payload)
+        except SoftTimeLimitExceeded as exc:
+            raise JobTimeout(_timeout_message(job)) from exc
+
+    return dataclasses.replace(claim, job=dataclasses.replace(job, fn=timed))

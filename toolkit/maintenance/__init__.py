@@ -1,0 +1,1 @@
+"""Maintenance sweeps over the runs table: recover stuck runs, clean up orphans, refund."""

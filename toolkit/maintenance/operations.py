@@ -1,0 +1,338 @@
+"""The three maintenance sweeps: recover stuck runs, clean up orphans, refund what is owed.
+
+Each one only says which runs it wants and what to do with a batch; paging, locking, the
+per-batch transaction and the audit entry are :mod:`toolkit.maintenance.sweep`'s. They work through
+the dispatcher, the runtime and the backends' common protocol, so they treat every backend
+alike.
+
+- **recover**: runs QUEUED longer than ``older_than`` without being started (counted from the
+  moment they became startable: dispatch, retry due time, or last recovery), or RUNNING with a
+  heartbeat older than that, and recovered fewer than ``max_recoveries`` times, are routed
+  again by the flag *now* and handed over again under the same run id.
+- **cleanup**: the same stale runs that recovery gave up on (``recoveries >= max``) are failed
+  with a reason, a dead letter and their refund.
+- **refund**: every FAILED or CANCELLED run with a debit and no refund gets its refund.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Row, Select, exists, func, select
+from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql.elements import ColumnElement
+
+from toolkit.config import parse_duration
+from toolkit.dispatch.dispatcher import Reroute, Route
+from toolkit.errors import AppLoadError, InvalidInput
+from toolkit.maintenance.sweep import (
+    BULK_BATCH,
+    Change,
+    Filters,
+    Report,
+    Sweep,
+    Sweeper,
+    check_filters,
+)
+from toolkit.store.batches import DEBIT_COLUMNS, cleanup_batch, refund_batch
+from toolkit.store.models import CreditEntry, LedgerKind, Run, RunStatus
+
+if TYPE_CHECKING:
+    from toolkit.app import Toolkit
+
+DEFAULT_OLDER_THAN = "15m"
+DEFAULT_MAX_RECOVERIES = 3
+
+_debit = aliased(CreditEntry, name="debit")
+_refund = aliased(CreditEntry, name="refund")
+
+HAS_DEBIT = exists().where(_debit.run_id == Run.id, _debit.kind == LedgerKind.DEBIT.value)
+NOT_REFUNDED = ~exists().where(_refund.run_id == Run.id, _refund.kind == LedgerKind.REFUND.value)
+# The credits a run is still owed: its debit, unless a refund exists already.
+OWED = (
+    select(_debit.amount)
+    .where(
+        _debit.run_id == Run.id,
+        _debit.kind == LedgerKind.DEBIT.value,
+        ~exists().where(_refund.run_id == _debit.run_id, _refund.kind == LedgerKind.REFUND.value),
+    )
+    .scalar_subquery()
+    .label("owed")
+)
+
+
+def _applying(tk: Toolkit) -> Sequence[Any]:
+    """Columns of a page being applied: on PostgreSQL its one statement reads each debit with
+    the page (:mod:`toolkit.store.batches`); elsewhere the refunds made say what was owed."""
+    return DEBIT_COLUMNS if tk.db.is_postgres else ()
+
+
+# --- refund ----------------------------------------------------------------------------------
+
+
+class RefundSweep(Sweep):
+    action = "refund"
+    batch_size = BULK_BATCH
+    REASON = "refund sweep: run failed or cancelled"
+    statuses = (RunStatus.FAILED, RunStatus.CANCELLED)
+
+    def criteria(self, status: RunStatus) -> Sequence[ColumnElement[bool]]:
+        return [NOT_REFUNDED, HAS_DEBIT]  # most failed runs are refunded already: ask that first
+
+    def columns(self, *, apply: bool) -> Sequence[Any]:
+        return _applying(self.tk) if apply else [OWED]
+
+    def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
+        return [Change.of(r, "refund", r.owed or 0) for r in rows]
+
+    def take(
+        self, s: Session, page: Select[Any], keys: dict[str, Any]
+    ) -> tuple[Sequence[Row[Any]], list[Change]]:
+        if not self.tk.db.is_postgres:
+            return super().take(s, page, keys)
+        if page not in self._batches:
+            self._batches[page] = refund_batch(self.tk, page, reason=self.REASON)
+        batch = self._batches[page].execute(s, keys)
+        return batch.rows, self._changes(batch.rows, batch.refunded)
+
+    def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
+        # One call for the whole batch: its accounts are locked together, in order.
+        refunded = self.tk.credits.refund_many_in(s, [r.id for r in rows], reason=self.REASON)
+        return self._changes(rows, refunded)
+
+    @staticmethod
+    def _changes(rows: Sequence[Row[Any]], refunded: dict[uuid.UUID, int]) -> list[Change]:
+        return [
+            Change.of(r, "refund", refunded[r.id])
+            if r.id in refunded
+            else Change.of(r, "refund", skipped="refunded meanwhile")
+            for r in rows
+        ]
+
+
+# --- stale runs: recover and cleanup -----------------------------------------------------------
+
+
+def stale(status: RunStatus, cutoff: datetime) -> ColumnElement[bool]:
+    """No progress since ``cutoff``: not started since it became startable, or no heartbeat."""
+    if status is RunStatus.QUEUED:
+        return func.coalesce(Run.next_attempt_at, Run.created_at) < cutoff
+    return func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at) < cutoff
+
+
+class _StaleSweep(Sweep):
+    statuses = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+    def __init__(self, tk: Toolkit, *, older_than: str | float, max_recoveries: int) -> None:
+        super().__init__(tk)
+        if isinstance(max_recoveries, bool) or not 0 <= max_recoveries <= 1000:
+            raise InvalidInput(f"max recoveries must be from 0 to 1000, not {max_recoveries!r}")
+        self.older_than = older_than
+        self.seconds = parse_duration(older_than, what="--older-than")
+        self.max_recoveries = max_recoveries
+        # One cutoff for the whole invocation: the selection and every re-check agree.
+        self.cutoff = datetime.now(UTC) - timedelta(seconds=self.seconds)
+
+    def parameters(self) -> dict[str, Any]:
+        return {
+            "older_than": str(self.older_than),
+            "max_recoveries": self.max_recoveries,
+            "cutoff": self.cutoff.isoformat(),
+        }
+
+
+class CleanupSweep(_StaleSweep):
+    action = "cleanup"
+    batch_size = BULK_BATCH
+
+    def __init__(self, tk: Toolkit, *, reason: str | None = None, **options: Any) -> None:
+        super().__init__(tk, **options)
+        self.reason = reason
+
+    def criteria(self, status: RunStatus) -> Sequence[ColumnElement[bool]]:
+        return [Run.recoveries >= self.max_recoveries, stale(status, self.cutoff)]
+
+    def columns(self, *, apply: bool) -> Sequence[Any]:
+        return _applying(self.tk) if apply else [OWED]
+
+    def errors(self) -> dict[RunStatus, str]:
+        gave_up = f"recovery gave up after {self.max_recoveries} re-dispatches"
+        suffix = f" ({self.reason})" if self.reason else ""
+        return {
+            status: f"orphaned: {status.value} with no progress for over "
+            f"{self.older_than}; {gave_up}{suffix}"
+            for status in self.statuses
+        }
+
+    def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
+        return [Change.of(r, f"{r.status} → FAILED", r.owed or 0) for r in rows]
+
+    def refund_reason(self) -> str:
+        return "run failed: orphaned, recovery gave up" + (
+            f" ({self.reason})" if self.reason else ""
+        )
+
+    def take(
+        self, s: Session, page: Select[Any], keys: dict[str, Any]
+    ) -> tuple[Sequence[Row[Any]], list[Change]]:
+        if not self.tk.db.is_postgres:
+            return super().take(s, page, keys)
+        if page not in self._batches:
+            self._batches[page] = cleanup_batch(
+                self.tk, page, self.errors(), reason=self.refund_reason()
+            )
+        batch = self._batches[page].execute(s, keys)
+        credits, moved = batch.refunded, batch.moved
+        return batch.rows, self._changes(
+            batch.rows,
+            {r.id: credits.get(r.id, 0) for r in batch.rows if moved is None or r.id in moved},
+        )
+
+    def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
+        # One call for the whole batch: its accounts are locked together, in order.
+        failed = self.tk.runtime.fail_many_in(
+            s, [r.id for r in rows], self.errors(), reason=self.refund_reason()
+        )
+        return self._changes(rows, failed)
+
+    def _changes(self, rows: Sequence[Row[Any]], failed: dict[uuid.UUID, int]) -> list[Change]:
+        label = {st.value: f"{st.value} → FAILED" for st in self.statuses}
+        return [
+            Change.of(r, label[r.status], failed[r.id])
+            if r.id in failed
+            else Change.of(r, label[r.status], skipped="moved meanwhile")
+            for r in rows
+        ]
+
+
+class RecoverSweep(_StaleSweep):
+    action = "recover"
+    prepares = True  # routes are evaluated before the batch's transaction
+    NOT_REGISTERED = "job not registered in this app"
+
+    def __init__(self, tk: Toolkit, **options: Any) -> None:
+        super().__init__(tk, **options)
+        if not len(tk.jobs):
+            raise AppLoadError(
+                "recover routes runs again through your jobs' flags: "
+                "pass --app module:attr or set TOOLKIT_APP"
+            )
+        self._routes: dict[uuid.UUID, Route] = {}
+        self._pending: list[Reroute] = []
+
+    def criteria(self, status: RunStatus) -> Sequence[ColumnElement[bool]]:
+        return [Run.recoveries < self.max_recoveries, stale(status, self.cutoff)]
+
+    def columns(self, *, apply: bool) -> Sequence[Any]:
+        return [Run.targeting_key, Run.recoveries, Run.attempts]
+
+    def _route(self, row: Row[Any]) -> Route | None:
+        if row.job not in self.tk.jobs:
+            return None
+        return self.tk.dispatcher.route(self.tk.jobs.get(row.job), row.targeting_key)
+
+    def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
+        changes = []
+        for r in rows:
+            route = self._route(r)
+            if route is None:
+                changes.append(Change.of(r, "→ ?", skipped=self.NOT_REGISTERED))
+            else:
+                changes.append(Change.of(r, f"→ {route.backend}"))
+        return changes
+
+    def prepare(self, rows: Sequence[Row[Any]]) -> None:
+        self._routes = {r.id: route for r in rows if (route := self._route(r)) is not None}
+
+    def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
+        changes = []
+        for r in rows:
+            if r.job not in self.tk.jobs:
+                changes.append(Change.of(r, "→ ?", skipped=self.NOT_REGISTERED))
+                continue
+            route = self._routes.get(r.id)
+            reroute = None
+            if route is not None:
+                reroute = self.tk.dispatcher.reroute_in(
+                    s,
+                    r.id,
+                    status=r.status,
+                    recoveries=r.recoveries,
+                    attempts=r.attempts,
+                    route=route,
+                )
+            if reroute is None:  # it moved, or became stuck after the routes were evaluated
+                changes.append(Change.of(r, "→ ?", skipped="moved meanwhile"))
+                continue
+            self._pending.append(reroute)
+            changes.append(Change.of(r, f"→ {reroute.route.backend}"))
+        return changes
+
+    def after_commit(self) -> Counter[str]:
+        """Hand the batch over once its moves committed; a crash before leaves them QUEUED
+        (and stale again after ``older_than``), so the next invocation retries them."""
+        outcomes: Counter[str] = Counter()
+        while self._pending:
+            handle = self.tk.dispatcher.resubmit(self._pending.pop(0))
+            if handle.status == RunStatus.FAILED.value and handle.error:
+                outcomes["not submitted: failed and refunded (fallback policy)"] += 1
+            elif handle.fallback_from:
+                outcomes[f"fell back from {handle.fallback_from} to {handle.backend}"] += 1
+            else:
+                outcomes[f"submitted to {handle.backend}"] += 1
+        return outcomes
+
+
+# --- entry points ----------------------------------------------------------------------------
+
+
+def sweeper(
+    tk: Toolkit,
+    action: str,
+    filters: Filters | None = None,
+    *,
+    reason: str | None = None,
+    actor: str | None = None,
+    older_than: str | float = DEFAULT_OLDER_THAN,
+    max_recoveries: int = DEFAULT_MAX_RECOVERIES,
+) -> Sweeper:
+    """A ready sweep, its input checked (bad input raises before anything changes)."""
+    filters = filters or Filters()
+    sweep: Sweep
+    if action == "refund":
+        sweep = RefundSweep(tk)
+    elif action == "cleanup":
+        sweep = CleanupSweep(
+            tk, reason=reason, older_than=older_than, max_recoveries=max_recoveries
+        )
+    elif action == "recover":
+        sweep = RecoverSweep(tk, older_than=older_than, max_recoveries=max_recoveries)
+    else:
+        raise InvalidInput(f"unknown maintenance action {action!r}")
+    check_filters(tk, filters)
+    return Sweeper(tk, sweep, filters, reason=reason, actor=actor)
+
+
+def refund(
+    tk: Toolkit, filters: Filters | None = None, *, apply: bool = False, **options: Any
+) -> Report:
+    """Refund every FAILED or CANCELLED run that has a debit and no refund."""
+    return sweeper(tk, "refund", filters, **options).run(apply=apply)
+
+
+def cleanup_orphans(
+    tk: Toolkit, filters: Filters | None = None, *, apply: bool = False, **options: Any
+) -> Report:
+    """Fail, dead-letter and refund the stale runs that recovery gave up on."""
+    return sweeper(tk, "cleanup", filters, **options).run(apply=apply)
+
+
+def recover(
+    tk: Toolkit, filters: Filters | None = None, *, apply: bool = False, **options: Any
+) -> Report:
+    """Route stale runs again by the current flag and hand them over under the same id."""
+    return sweeper(tk, "recover", filters, **options).run(apply=apply)

@@ -1,0 +1,148 @@
+"""What a maintenance sweep is asked and what it answers: the filters, one run's change, and the
+report of an invocation (totals per job, backend and change, and a small sample, never every
+run, so a sweep over millions of runs reports in constant memory)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Row
+from sqlalchemy.sql.elements import ColumnElement
+
+from toolkit.errors import InvalidInput
+from toolkit.store.models import Run
+
+DEFAULT_BATCH = 1000  # recover: each run is routed and handed over on its own
+BULK_BATCH = 5000  # refund and cleanup: fewer transactions, audit entries and account updates
+MAX_BATCH = 5000
+SAMPLE = 20  # rows kept for the "what would change" table; totals cover every run
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which runs a sweep may touch, and how many per invocation and per batch."""
+
+    job: str | None = None
+    backend: str | None = None
+    since: datetime | None = None
+    limit: int | None = None
+    batch_size: int | None = None  # None: the sweep's own default
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and (isinstance(self.limit, bool) or self.limit < 1):
+            raise InvalidInput(f"limit must be at least 1, not {self.limit!r}")
+        size = self.batch_size
+        if size is not None and (isinstance(size, bool) or not 1 <= size <= MAX_BATCH):
+            raise InvalidInput(f"batch size must be from 1 to {MAX_BATCH}, not {self.batch_size!r}")
+
+    def criteria(self) -> list[ColumnElement[bool]]:
+        out: list[ColumnElement[bool]] = []
+        if self.job is not None:
+            out.append(Run.job == self.job)
+        if self.backend is not None:
+            out.append(Run.backend == self.backend)
+        if self.since is not None:
+            out.append(Run.created_at >= self.since)
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "backend": self.backend,
+            "since": self.since.isoformat() if self.since else None,
+            "limit": self.limit,
+            "batch_size": self.batch_size,
+        }
+
+
+@dataclass(slots=True)
+class Change:
+    """What a sweep did, or would do, to one run; ``skipped`` says why it did nothing."""
+
+    run_id: uuid.UUID
+    job: str
+    backend: str
+    status: str
+    created_at: datetime
+    change: str
+    credits: int = 0
+    skipped: str | None = None
+
+    @classmethod
+    def of(cls, row: Row[Any], change: str, credits: int = 0, skipped: str | None = None) -> Change:
+        return cls(
+            row.id, row.job, row.backend, row.status, row.created_at, change, credits, skipped
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": str(self.run_id),
+            "job": self.job,
+            "backend": self.backend,
+            "status": self.status,
+            "created_at": self.created_at.astimezone(UTC).isoformat(),
+            "change": self.change,
+            "credits": self.credits,
+            "skipped": self.skipped,
+        }
+
+
+@dataclass
+class Totals:
+    runs: int = 0
+    credits: int = 0
+
+
+@dataclass
+class Report:
+    """The outcome of one invocation: totals per (job, backend, change), never every run."""
+
+    action: str
+    applied: bool
+    filters: Filters
+    parameters: dict[str, Any] = field(default_factory=dict)
+    changed: int = 0
+    credits: int = 0
+    batches: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    totals: dict[tuple[str, str, str], Totals] = field(default_factory=dict)
+    sample: list[Change] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def add(self, changes: Sequence[Change]) -> None:
+        for c in changes:
+            if len(self.sample) < SAMPLE:
+                self.sample.append(c)
+            if c.skipped is not None:
+                self.skipped[c.skipped] += 1
+                continue
+            self.changed += 1
+            self.credits += c.credits
+            totals = self.totals.setdefault((c.job, c.backend, c.change), Totals())
+            totals.runs += 1
+            totals.credits += c.credits
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "applied": self.applied,
+            "filters": self.filters.as_dict(),
+            "parameters": self.parameters,
+            "changed": self.changed,
+            "credits": self.credits,
+            "batches": self.batches,
+            "skipped": dict(self.skipped),
+            "outcomes": dict(self.outcomes),
+            "totals": [
+                {"job": j, "backend": b, "change": c, "runs": t.runs, "credits": t.credits}
+                for (j, b, c), t in sorted(self.totals.items())
+            ],
+            "sample": [c.as_dict() for c in self.sample],
+            "elapsed_s": round(self.elapsed, 3),
+        }

@@ -1,0 +1,1 @@
+"""Rollout decisions: statistics, gates (defined once), the comparison report, the controller."""

@@ -1,0 +1,1 @@
+"""The runtime: executes one run through the shared lifecycle, whatever transport delivered it."""

@@ -1,0 +1,278 @@
+"""Rollout rows: validated, optimistically versioned, every change audited in its transaction."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from toolkit.errors import InvalidInput, InvalidPercentage, VersionConflict
+from toolkit.store import audit
+from toolkit.store.engine import Database
+from toolkit.store.models import Rollout, RolloutState, utcnow
+
+LEGACY = "legacy"
+_HUNDRED = Decimal(100)
+
+
+def parse_percentage(value: object) -> Decimal:
+    """0-100 with at most two decimals; anything else is an error that changes nothing."""
+    if isinstance(value, bool):
+        raise InvalidPercentage(f"invalid percentage {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidPercentage(f"invalid percentage {value!r}: must be a number from 0 to 100")
+    try:
+        pct = Decimal(str(value).strip().removesuffix("%"))
+    except (InvalidOperation, ValueError):
+        raise InvalidPercentage(
+            f"invalid percentage {value!r}: must be a number from 0 to 100"
+        ) from None
+    if not pct.is_finite():
+        raise InvalidPercentage(f"invalid percentage {value!r}: must be a number from 0 to 100")
+    if pct < 0 or pct > _HUNDRED:
+        raise InvalidPercentage(f"invalid percentage {value!r}: must be between 0 and 100")
+    if pct != pct.quantize(Decimal("0.01")):
+        raise InvalidPercentage(f"invalid percentage {value!r}: at most two decimals")
+    return pct.quantize(Decimal("0.01"))
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str) or not key or len(key) > 200:
+        raise InvalidInput(f"invalid targeting key {key!r}: a non-empty string of at most 200")
+    return key
+
+
+@dataclass(frozen=True)
+class RolloutView:
+    """An immutable snapshot of one rollout; the provider's cache holds these."""
+
+    flag_key: str
+    percentage: Decimal
+    state: str
+    on_variant: str
+    off_variant: str
+    allow: frozenset[str]
+    deny: frozenset[str]
+    version: int
+    updated_at: datetime | None
+    updated_by: str | None
+    paused: bool = False  # the rollout plan's hold; routing ignores it
+
+    @property
+    def basis_points(self) -> int:
+        return int(self.percentage * 100)
+
+    @property
+    def killed(self) -> bool:
+        return self.state == RolloutState.KILLED
+
+    @classmethod
+    def from_row(cls, r: Rollout) -> RolloutView:
+        return cls(
+            flag_key=r.flag_key,
+            percentage=Decimal(r.percentage).quantize(Decimal("0.01")),
+            state=r.state,
+            on_variant=r.on_variant,
+            off_variant=r.off_variant,
+            allow=frozenset(r.allow or ()),
+            deny=frozenset(r.deny or ()),
+            version=r.version,
+            updated_at=r.updated_at,
+            updated_by=r.updated_by,
+            paused=bool(r.paused),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "flag_key": self.flag_key,
+            "percentage": float(self.percentage),
+            "state": self.state,
+            "on_variant": self.on_variant,
+            "off_variant": self.off_variant,
+            "allow": sorted(self.allow),
+            "deny": sorted(self.deny),
+            "version": self.version,
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+            "updated_by": self.updated_by,
+            "paused": self.paused,
+        }
+
+
+def unset(flag_key: str, on_variant: str) -> RolloutView:
+    """What a job without a rollout row behaves as: 0%, everything on legacy."""
+    return RolloutView(
+        flag_key,
+        Decimal("0.00"),
+        RolloutState.ACTIVE,
+        on_variant,
+        LEGACY,
+        frozenset(),
+        frozenset(),
+        0,
+        None,
+        None,
+    )
+
+
+class RolloutStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def all(self) -> list[RolloutView]:
+        with self._db.transaction() as s:
+            return [RolloutView.from_row(r) for r in s.scalars(select(Rollout)).all()]
+
+    def get(self, flag_key: str, *, on_variant: str) -> RolloutView:
+        with self._db.transaction() as s:
+            row = s.get(Rollout, flag_key)
+            return RolloutView.from_row(row) if row else unset(flag_key, on_variant)
+
+    # --- changes ---------------------------------------------------------------------------
+
+    def set_percentage(
+        self,
+        flag_key: str,
+        percentage: object,
+        *,
+        on_variant: str,
+        actor: str,
+        reason: str,
+        expected_version: int | None = None,
+        action: str = "rollout.set",
+    ) -> RolloutView:
+        pct = parse_percentage(percentage)
+        return self._change(
+            flag_key,
+            on_variant,
+            actor,
+            reason,
+            action,
+            expected_version,
+            lambda v: replace(v, percentage=pct),
+        )
+
+    def set_state(
+        self, flag_key: str, state: RolloutState, *, on_variant: str, actor: str, reason: str
+    ) -> RolloutView:
+        return self._change(
+            flag_key,
+            on_variant,
+            actor,
+            reason,
+            f"rollout.{state.value}",
+            None,
+            lambda v: replace(v, state=state.value),
+        )
+
+    def set_paused(
+        self, flag_key: str, paused: bool, *, on_variant: str, actor: str, reason: str
+    ) -> RolloutView:
+        """Hold (or release) the rollout plan; versioned, so a concurrent advance loses."""
+        return self._change(
+            flag_key,
+            on_variant,
+            actor,
+            reason,
+            "rollout.pause" if paused else "rollout.resume",
+            None,
+            lambda v: replace(v, paused=paused),
+        )
+
+    def set_listed(
+        self,
+        flag_key: str,
+        key: str,
+        *,
+        which: str,
+        present: bool,
+        on_variant: str,
+        actor: str,
+        reason: str,
+    ) -> RolloutView:
+        """Add or remove ``key`` on the allow or deny list; a key is never on both."""
+        _check_key(key)
+        if which not in ("allow", "deny"):
+            raise InvalidInput(f"unknown list {which!r}: allow or deny")
+        other = "deny" if which == "allow" else "allow"
+
+        def change(v: RolloutView) -> RolloutView:
+            lists: dict[str, frozenset[str]] = {"allow": v.allow, "deny": v.deny}
+            if present:
+                lists[which] = lists[which] | {key}
+                lists[other] = lists[other] - {key}
+            else:
+                lists[which] = lists[which] - {key}
+            return replace(v, allow=lists["allow"], deny=lists["deny"])
+
+        action = f"rollout.{which}" if present else f"rollout.un{which}"
+        return self._change(flag_key, on_variant, actor, reason, action, None, change)
+
+    def _change(
+        self,
+        flag_key: str,
+        on_variant: str,
+        actor: str,
+        reason: str,
+        action: str,
+        expected_version: int | None,
+        change: Callable[[RolloutView], RolloutView],
+    ) -> RolloutView:
+        if not reason or not reason.strip():
+            raise InvalidInput("a reason is required for every rollout change")
+        try:
+            with self._db.transaction() as s:
+                row = s.get(Rollout, flag_key)
+                before = RolloutView.from_row(row) if row else unset(flag_key, on_variant)
+                if expected_version is not None and expected_version != before.version:
+                    raise VersionConflict(
+                        f"rollout {flag_key!r} is at version {before.version}, "
+                        f"not {expected_version}: re-read it and retry"
+                    )
+                after = change(before)
+                after = replace(after, version=before.version + 1, updated_by=actor)
+                self._write(s, before, after)
+                audit.record(
+                    s,
+                    actor=actor,
+                    action=action,
+                    target=flag_key,
+                    before=before.as_dict() if row else None,
+                    after=after.as_dict(),
+                    reason=reason,
+                )
+        except IntegrityError as exc:  # a concurrent first write created the row
+            raise VersionConflict(f"rollout {flag_key!r} changed concurrently: retry") from exc
+        return self.get(flag_key, on_variant=on_variant)
+
+    @staticmethod
+    def _write(s: Session, before: RolloutView, after: RolloutView) -> None:
+        values = {
+            "percentage": after.percentage,
+            "state": after.state,
+            "on_variant": after.on_variant,
+            "off_variant": after.off_variant,
+            "allow": sorted(after.allow),
+            "deny": sorted(after.deny),
+            "version": after.version,
+            "updated_at": utcnow(),
+            "updated_by": after.updated_by,
+            "paused": after.paused,
+        }
+        if before.version == 0:
+            s.add(Rollout(flag_key=after.flag_key, **values))
+            s.flush()
+            return
+        moved = s.execute(
+            update(Rollout)
+            .where(Rollout.flag_key == before.flag_key, Rollout.version == before.version)
+            .values(**values)
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            raise VersionConflict(f"rollout {before.flag_key!r} changed concurrently: retry")
