@@ -10,22 +10,16 @@ from importlib.resources import files
 from typing import Any
 
 from sqlalchemy import (
-    ARRAY,
     Connection,
     Engine,
-    String,
-    Uuid,
-    any_,
-    bindparam,
-    cast,
     create_engine,
     event,
     exc,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from toolkit.errors import ConfigError, DatabaseError
+from toolkit.store.dialect import for_name
 
 VERSION_TABLE = "toolkit_alembic_version"
 
@@ -137,19 +131,25 @@ class Database:
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
-        self.dialect = self.engine.dialect.name
+        #: Everything that differs between PostgreSQL and SQLite, behind one interface.
+        self.sql = for_name(self.engine.dialect.name)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # One statement, committed by itself: no BEGIN/COMMIT round trips. SQLite keeps its
         # BEGIN IMMEDIATE transactions (see autocommit()).
         self._autocommit = (
             self.engine.execution_options(isolation_level="AUTOCOMMIT")
-            if self.is_postgres
+            if self.sql.autocommit
             else None
         )
 
     @property
     def is_postgres(self) -> bool:
-        return self.dialect == "postgresql"
+        return self.sql.name == "postgresql"
+
+    @property
+    def dialect(self) -> str:
+        """SQLAlchemy's dialect name, for operators (``toolkit db current``)."""
+        return self.sql.name
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -190,17 +190,11 @@ class Database:
 
     def insert(self, table: Any) -> Any:
         """A dialect INSERT that supports ``on_conflict_do_nothing``."""
-        if self.is_postgres:
-            return postgresql.insert(table)
-        return sqlite.insert(table)
+        return self.sql.insert(table)
 
     def among(self, column: Any, ids: Sequence[uuid.UUID]) -> Any:
-        """``column IN ids``; on PostgreSQL one ``uuid[]`` parameter instead of one per id (sent
-        as a single array literal: the driver's per-element quoting costs more than the query)."""
-        if self.is_postgres:
-            literal_ids = "{" + ",".join(map(str, ids)) + "}"
-            return column == any_(cast(bindparam(None, literal_ids, type_=String()), ARRAY(Uuid())))
-        return column.in_(ids)
+        """``column IN ids``, in the form this database plans best."""
+        return self.sql.among(column, ids)
 
     def migrate(self, revision: str = "head") -> None:
         from alembic import command

@@ -1,0 +1,49 @@
+"""The one seam between the store and the database it runs on.
+
+Everything that differs between PostgreSQL and SQLite is a method of :class:`Dialect`,
+implemented by :class:`~toolkit.store.postgres.Postgres` and :class:`~toolkit.store.sqlite.SQLite`.
+No module outside ``toolkit.store`` asks which database it is on: it asks the store, and the
+store asks its dialect.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+
+class Dialect:
+    """What the store needs to know about its database; one instance per :class:`Database`."""
+
+    #: SQLAlchemy's dialect name: ``"postgresql"`` or ``"sqlite"``.
+    name: str = ""
+    #: Whether a single statement can commit by itself without BEGIN/COMMIT round trips.
+    autocommit: bool = False
+    #: Whether a maintenance batch runs as one data-modifying statement (CTEs that write).
+    one_statement_batches: bool = False
+
+    # --- statements ---------------------------------------------------------------------------
+
+    def insert(self, table: Any) -> Any:
+        """A dialect INSERT that supports ``on_conflict_do_nothing``."""
+        raise NotImplementedError
+
+    def among(self, column: Any, ids: Sequence[uuid.UUID]) -> Any:
+        """``column IN ids``, in the form this database plans best."""
+        raise NotImplementedError
+
+    # --- writes (runs, ledger, accounts) -------------------------------------------------------
+
+    # --- reads (report, snapshot) --------------------------------------------------------------
+
+
+def for_name(name: str) -> Dialect:
+    """The dialect for SQLAlchemy's dialect ``name``."""
+    if name == "postgresql":
+        from toolkit.store.postgres import Postgres
+
+        return Postgres()
+    from toolkit.store.sqlite import SQLite
+
+    return SQLite()

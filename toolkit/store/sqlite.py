@@ -1,0 +1,27 @@
+"""SQLite's side of the dialect seam (:mod:`toolkit.store.dialect`): the embedded default."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.dialects import sqlite
+
+from toolkit.store.dialect import Dialect
+
+
+class SQLite(Dialect):
+    name = "sqlite"
+
+    # --- statements ---------------------------------------------------------------------------
+
+    def insert(self, table: Any) -> Any:
+        return sqlite.insert(table)
+
+    def among(self, column: Any, ids: Sequence[uuid.UUID]) -> Any:
+        return column.in_(ids)
+
+    # --- writes (runs, ledger, accounts) -------------------------------------------------------
+
+    # --- reads (report, snapshot) --------------------------------------------------------------
