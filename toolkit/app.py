@@ -14,7 +14,8 @@ from toolkit import config
 from toolkit.backends import load_backend
 from toolkit.backends.base import BaseBackend
 from toolkit.backends.legacy import LegacyBackend, LegacyMode
-from toolkit.dispatch.dispatcher import LEGACY, Dispatcher, DispatchRequest, Route, RunHandle
+from toolkit.config import LEGACY
+from toolkit.dispatch.dispatcher import Dispatcher, DispatchRequest, Route, RunHandle
 from toolkit.errors import ConfigError, InvalidInput
 from toolkit.flags.provider import RolloutProvider
 from toolkit.jobs import JobFunction, JobRegistry, JobSpec, RateLimit, make_spec

@@ -9,6 +9,9 @@ from datetime import timedelta
 
 from toolkit.errors import InvalidDuration
 
+#: The backend every job has: the old inline executor, the flag's "off" variant.
+LEGACY = "legacy"
+
 DEFAULT_DATABASE_URL = "sqlite:///toolkit.db"
 DATABASE_URL_ENV = "TOOLKIT_DATABASE_URL"
 APP_ENV = "TOOLKIT_APP"

@@ -6,6 +6,8 @@ Exit codes are part of the contract with scripts: 1 means "the operation failed"
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
@@ -156,3 +158,71 @@ class StepOutputNotSerializable(NonRetriableError):
     """Retrying cannot make an output serializable: the run fails at once."""
 
     code = "step_output_not_serializable"
+
+
+# --- rollout decisions refused (exit 1); the evaluation is a rollout.types.StepEvaluation ---
+
+
+class GatesFailed(ToolkitError):
+    code = "gates_failed"
+
+    def __init__(self, message: str, evaluation: Any) -> None:
+        super().__init__(message)
+        self.evaluation = evaluation
+
+
+class GatesInconclusive(ToolkitError):
+    code = "gates_inconclusive"
+
+    def __init__(self, message: str, evaluation: Any) -> None:
+        super().__init__(message)
+        self.evaluation = evaluation
+
+
+class RolloutPaused(ToolkitError):
+    code = "rollout_paused"
+
+
+class RolloutKilled(ToolkitError):
+    code = "rollout_killed"
+
+
+class StepComplete(ToolkitError):
+    """Advance asked for at the plan's last step."""
+
+    code = "rollout_complete"
+
+
+class RolledBack(ToolkitError):
+    """watch rolled the job back: the alert, as an exit code."""
+
+    code = "rolled_back"
+
+
+# --- Inngest ----------------------------------------------------------------------
+
+
+class InngestConfigError(ConfigError):
+    """A job declares something Inngest would reject at sync time, or cannot honour."""
+
+    code = "inngest_config"
+
+
+class InngestSendError(BackendUnavailable):
+    """The event API did not accept a run's event (unreachable, refused, or bad event key)."""
+
+    code = "inngest_send_failed"
+
+
+class InngestDrift(ToolkitError):
+    """The registered configuration differs from the code or from the snapshot."""
+
+    code = "inngest_drift"
+
+
+class SnapshotMissing(InvalidInput):
+    code = "inngest_snapshot_missing"
+
+
+class SnapshotInvalid(InvalidInput):
+    code = "inngest_snapshot_invalid"

@@ -30,7 +30,8 @@ from toolkit import (
 )
 from toolkit.backends.base import SubmittedRun
 from toolkit.backends.inngest.backend import InngestBackend
-from toolkit.backends.inngest.functions import InngestConfigError, JobRunner, function_options
+from toolkit.backends.inngest.functions import JobRunner, function_options
+from toolkit.errors import InngestConfigError
 from toolkit.jobs import JobSpec, make_spec
 from toolkit.store.models import Run
 

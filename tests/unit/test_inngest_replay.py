@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from toolkit import Toolkit
-from toolkit.backends.inngest.functions import InngestConfigError
 from toolkit.backends.inngest.replay import stale_signature
+from toolkit.errors import InngestConfigError
 
 NOW = 1_800_000_000.0
 

@@ -14,7 +14,7 @@ import click
 
 from toolkit.cli.context import CliContext, pass_ctx
 from toolkit.cli.render import console, emit_json, table
-from toolkit.errors import ConfigError
+from toolkit.errors import ConfigError, InngestDrift
 
 if TYPE_CHECKING:
     from toolkit.backends.inngest.backend import InngestBackend
@@ -77,7 +77,7 @@ def check(obj: CliContext, snapshot_path: Path, write_snapshot: bool, as_json: b
         _render(app_id, registered, diffs, notes, snapshot_path, write_snapshot)
     if diffs:
         kinds = sorted({d.kind for d in diffs})
-        raise cfg.InngestDrift(
+        raise InngestDrift(
             f"{len(diffs)} difference(s) ({', '.join(kinds)}) in the Inngest functions of app "
             f"{app_id!r}; if intended, review and run with --write-snapshot"
         )

@@ -10,9 +10,10 @@ from rich.table import Table
 
 from toolkit.cli.context import CliContext, parse_since, pass_ctx
 from toolkit.cli.render import console, emit_json, seconds, table
+from toolkit.config import LEGACY
 from toolkit.errors import InvalidInput
 from toolkit.rollout.gates import Gate, Verdict
-from toolkit.rollout.report import LEGACY, Report, build
+from toolkit.rollout.report import Report, build
 from toolkit.rollout.stats import Interval, RankTest
 
 VERDICT_STYLE = {

@@ -11,6 +11,7 @@ from toolkit.app import Toolkit
 from toolkit.cli import rollout_plan
 from toolkit.cli.context import CliContext, pass_ctx
 from toolkit.cli.render import console, emit_json, percentage, table
+from toolkit.config import LEGACY
 from toolkit.flags.bucketing import bucket
 from toolkit.flags.provider import RolloutProvider
 from toolkit.store.rollouts import RolloutView
@@ -228,7 +229,7 @@ def explain(obj: CliContext, job: str, key: str, as_json: bool) -> None:
         emit_json(data)
         return
     out = console()
-    colour = "dim" if route.backend == "legacy" else "green"
+    colour = "dim" if route.backend == LEGACY else "green"
     out.print(f"{job} / {key!r} → [{colour}]{route.backend}[/] ({route.reason})")
     if "bucket" in data:
         side = "<" if data["bucket"] < data["threshold"] else "≥"

@@ -20,8 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from toolkit.backends.base import BaseBackend, SubmittedRun
+from toolkit.config import LEGACY
 from toolkit.dispatch.handles import (
-    LEGACY,
     DispatchRequest,
     Reroute,
     Route,
@@ -37,7 +37,7 @@ from toolkit.store.models import CreditEntry, LedgerKind, Run, RunStatus, utcnow
 if TYPE_CHECKING:
     from toolkit.app import Toolkit
 
-__all__ = ["LEGACY", "DispatchRequest", "Dispatcher", "Reroute", "Route", "RunHandle"]
+__all__ = ["DispatchRequest", "Dispatcher", "Reroute", "Route", "RunHandle"]
 
 log = logging.getLogger("toolkit.dispatcher")
 

@@ -14,8 +14,6 @@ from toolkit.errors import InvalidInput, InvalidPayload
 if TYPE_CHECKING:
     from toolkit.app import Toolkit
 
-LEGACY = "legacy"
-
 
 @dataclass(frozen=True)
 class Route:

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from toolkit.backends import OPTIONAL
+from toolkit.config import LEGACY
 from toolkit.errors import UnknownBackend, UnknownJob
 from toolkit.maintenance.types import (
     BULK_BATCH,
@@ -334,7 +335,7 @@ def check_filters(tk: Toolkit, filters: Filters) -> None:
         known = ", ".join(tk.jobs.names()) or "none registered"
         raise UnknownJob(f"unknown job {job!r}: no runs recorded (jobs: {known})")
     if filters.backend is not None:
-        known_backends = {"legacy", *OPTIONAL, *tk.backends}
+        known_backends = {LEGACY, *OPTIONAL, *tk.backends}
         if filters.backend not in known_backends and not _any_run(
             tk, Run.backend == filters.backend
         ):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from toolkit.config import LEGACY
 from toolkit.rollout import latency as lat
 from toolkit.rollout import queries as q
 from toolkit.rollout.gates import ArmCounts, RolloutPlan
@@ -21,8 +22,6 @@ from toolkit.store.snapshot import snapshot
 
 if TYPE_CHECKING:
     from toolkit.app import Toolkit
-
-LEGACY = "legacy"
 
 
 @dataclass

@@ -23,9 +23,19 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from toolkit.errors import InvalidInput, VersionConflict
+from toolkit.config import LEGACY
+from toolkit.errors import (
+    GatesFailed,
+    GatesInconclusive,
+    InvalidInput,
+    RolledBack,
+    RolloutKilled,
+    RolloutPaused,
+    StepComplete,
+    VersionConflict,
+)
 from toolkit.flags.provider import RolloutProvider
-from toolkit.rollout.arms import LEGACY, ArmStats, collect
+from toolkit.rollout.arms import ArmStats, collect
 from toolkit.rollout.gates import (
     Action,
     Evaluation,
@@ -38,15 +48,9 @@ from toolkit.rollout.gates import (
 )
 from toolkit.rollout.queries import Window
 from toolkit.rollout.types import (
-    GatesFailed,
-    GatesInconclusive,
     Moved,
     PlanState,
     RollbackResult,
-    RolledBack,
-    RolloutKilled,
-    RolloutPaused,
-    StepComplete,
     StepEvaluation,
     Tick,
     WatchResult,

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from toolkit.config import LEGACY
 from toolkit.errors import InvalidInput, UnknownJob
-from toolkit.rollout.arms import LEGACY, ArmStats, collect
+from toolkit.rollout.arms import ArmStats, collect
 from toolkit.rollout.gates import (
     Gate,
     RolloutPlan,

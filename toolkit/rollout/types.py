@@ -8,7 +8,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from toolkit.errors import ToolkitError
 from toolkit.rollout.arms import ArmStats
 from toolkit.rollout.gates import Action, Evaluation, RolloutPlan, Verdict
 from toolkit.rollout.queries import Window
@@ -16,42 +15,6 @@ from toolkit.store.rollouts import RolloutView
 from toolkit.store.runs import RunView
 
 # --- errors: the operation was refused (exit 1); bad input stays InvalidInput (exit 2) -------
-
-
-class GatesFailed(ToolkitError):
-    code = "gates_failed"
-
-    def __init__(self, message: str, evaluation: StepEvaluation) -> None:
-        super().__init__(message)
-        self.evaluation = evaluation
-
-
-class GatesInconclusive(ToolkitError):
-    code = "gates_inconclusive"
-
-    def __init__(self, message: str, evaluation: StepEvaluation) -> None:
-        super().__init__(message)
-        self.evaluation = evaluation
-
-
-class RolloutPaused(ToolkitError):
-    code = "rollout_paused"
-
-
-class RolloutKilled(ToolkitError):
-    code = "rollout_killed"
-
-
-class StepComplete(ToolkitError):
-    """Advance asked for at the plan's last step."""
-
-    code = "rollout_complete"
-
-
-class RolledBack(ToolkitError):
-    """watch rolled the job back: the alert, as an exit code."""
-
-    code = "rolled_back"
 
 
 # --- views ----------------------------------------------------------------------------------------

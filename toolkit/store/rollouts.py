@@ -13,12 +13,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from toolkit.config import LEGACY
 from toolkit.errors import InvalidInput, InvalidPercentage, VersionConflict
 from toolkit.store import audit
 from toolkit.store.engine import Database
 from toolkit.store.models import Rollout, RolloutState, utcnow
 
-LEGACY = "legacy"
 _HUNDRED = Decimal(100)
 
 

@@ -22,12 +22,11 @@ import inngest
 
 from toolkit.backends.base import BaseBackend, SubmittedRun
 from toolkit.backends.inngest.functions import (
-    InngestConfigError,
     JobFunctions,
     function_id,
 )
 from toolkit.backends.inngest.replay import DEFAULT_MAX_AGE, guard_fastapi, guard_flask
-from toolkit.errors import BackendUnavailable
+from toolkit.errors import InngestConfigError, InngestSendError
 from toolkit.runtime.serialization import describe
 
 if TYPE_CHECKING:
@@ -39,12 +38,6 @@ APP_ID_ENV = "TOOLKIT_INNGEST_APP_ID"
 DEFAULT_APP_ID = "toolkit"
 SERVE_PATH = "/api/inngest"
 UNSIGNED_SYNC_ENV = "INNGEST_ENABLE_UNAUTHED_SYNC"
-
-
-class InngestSendError(BackendUnavailable):
-    """The event API did not accept a run's event (unreachable, refused, or bad event key)."""
-
-    code = "inngest_send_failed"
 
 
 class InngestBackend(BaseBackend):

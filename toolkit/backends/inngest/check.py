@@ -23,9 +23,8 @@ from toolkit.backends.inngest.functions import (
     FUNCTION_CANCELLED,
     FUNCTION_FAILED,
     IDEMPOTENCY,
-    InngestConfigError,
 )
-from toolkit.errors import InvalidInput, ToolkitError
+from toolkit.errors import InngestConfigError, SnapshotInvalid, SnapshotMissing
 
 if TYPE_CHECKING:
     from toolkit.backends.inngest.backend import InngestBackend
@@ -38,20 +37,6 @@ _UNIT = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
 _DURATION_FIELDS = {"period", "timeout", "start", "finish"}
 
 Fields = dict[str, Any]
-
-
-class InngestDrift(ToolkitError):
-    """The registered configuration differs from the code or from the snapshot."""
-
-    code = "inngest_drift"
-
-
-class SnapshotMissing(InvalidInput):
-    code = "inngest_snapshot_missing"
-
-
-class SnapshotInvalid(InvalidInput):
-    code = "inngest_snapshot_invalid"
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any, cast
 import inngest
 from sqlalchemy import select
 
-from toolkit.errors import ConfigError, NonRetriableError
+from toolkit.errors import InngestConfigError, NonRetriableError
 from toolkit.jobs import JobContext, JobSpec
 from toolkit.runtime.lifecycle import Runtime
 from toolkit.runtime.serialization import describe, to_json
@@ -46,12 +46,6 @@ EXTRA_OPTIONS: dict[str, type] = {
     "cancel": list,
 }
 LOSSY_OPTIONS = ("rate_limit", "debounce", "batch_events", "singleton")
-
-
-class InngestConfigError(ConfigError):
-    """A job declares something Inngest would reject at sync time, or cannot honour."""
-
-    code = "inngest_config"
 
 
 class RunLostSignal(inngest.NonRetriableError):

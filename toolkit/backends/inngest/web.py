@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from toolkit.backends.inngest.backend import SERVE_PATH
 from toolkit.errors import ConfigError, InvalidInput, ToolkitError
 from toolkit.store.models import RunStatus
 
@@ -31,7 +32,6 @@ log = logging.getLogger("toolkit.web")
 
 CRON_SECRET_ENV = "CRON_SECRET"
 CRON_PREFIX = "/api/cron"
-SERVE_PATH = "/api/inngest"
 
 
 def create_app(
