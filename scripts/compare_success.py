@@ -1,8 +1,5 @@
 #!/usr/bin/env python3
-"""Old-vs-new comparison in the terminal: runs ``toolkit report`` with the same options.
-
-Until the report command ships, it says so in one line and exits 2.
-"""
+"""Old-vs-new comparison in the terminal: runs ``toolkit report`` with the same options."""
 
 import sys
 

@@ -58,11 +58,6 @@ class UnknownBackend(InvalidInput):
     code = "unknown_backend"
 
 
-class CommandUnavailable(InvalidInput):
-    """A command that a later version provides was asked for (e.g. by a script)."""
-
-    code = "command_unavailable"
-
 
 class DuplicateJob(InvalidInput):
     code = "duplicate_job"

@@ -180,16 +180,6 @@ def test_scripts_take_the_same_options_and_exit_codes(seeded: Toolkit, cli_env: 
     assert bad.stderr.count("\n") == 1 and snapshot(seeded) == before
 
 
-def test_compare_success_says_when_the_report_is_not_there_yet(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delitem(cli.commands, "report", raising=False)
-    assert compare_success(["--since", "24h"]) == 2
-    assert capsys.readouterr().err == (
-        "error: the report command is not available yet: it ships with the comparison report\n"
-    )
-
-
 def test_compare_success_runs_the_report_command_when_there_is_one(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

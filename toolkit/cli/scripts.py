@@ -10,9 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from toolkit.cli import cli, main
-from toolkit.cli.render import print_error
-from toolkit.errors import EXIT_USAGE, CommandUnavailable
+from toolkit.cli import main
 
 ROOT_OPTIONS = ("--app", "--database-url")
 
@@ -39,11 +37,5 @@ def run_command(command: Sequence[str], argv: Sequence[str] | None = None) -> in
 
 
 def compare_success(argv: Sequence[str] | None = None) -> int:
-    """``toolkit report`` when this version has it; until then one line and exit 2."""
-    if "report" not in cli.commands:
-        error = CommandUnavailable(
-            "the report command is not available yet: it ships with the comparison report"
-        )
-        print_error(error.message)
-        return EXIT_USAGE
+    """``toolkit report``, for cron jobs and runbooks calling ``scripts/compare_success.py``."""
     return run_command(["report"], argv)
