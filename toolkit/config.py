@@ -58,6 +58,7 @@ class RetryPolicy:
     max_delay: float = 60.0
 
     def delay(self, failed_attempts: int, rand: float) -> float:
+        """Seconds to wait after ``failed_attempts`` failures; ``rand`` in [0, 1) is the jitter."""
         exponent: int = max(failed_attempts - 1, 0)
         ceiling = min(self.max_delay, self.base_delay * float(2**exponent))
         return ceiling * (0.5 + rand / 2)

@@ -58,7 +58,6 @@ class UnknownBackend(InvalidInput):
     code = "unknown_backend"
 
 
-
 class DuplicateJob(InvalidInput):
     code = "duplicate_job"
 

@@ -49,6 +49,7 @@ class JobSpec:
 
     @property
     def max_attempts(self) -> int:
+        """Attempts in all: the first one plus ``retries``."""
         return self.retries + 1
 
 
@@ -101,11 +102,13 @@ class JobRegistry:
         self._jobs: dict[str, JobSpec] = {}
 
     def add(self, spec: JobSpec) -> None:
+        """Register a job; a second job under the same name is refused at import time."""
         if spec.name in self._jobs:
             raise DuplicateJob(f"job {spec.name!r} is already registered")
         self._jobs[spec.name] = spec
 
     def get(self, name: str) -> JobSpec:
+        """The job called ``name``; an unknown name raises :class:`UnknownJob` naming the known ones."""
         try:
             return self._jobs[name]
         except KeyError:
@@ -122,6 +125,7 @@ class JobRegistry:
         return len(self._jobs)
 
     def names(self) -> list[str]:
+        """Job names in sorted order, for stable CLI output."""
         return sorted(self._jobs)
 
 

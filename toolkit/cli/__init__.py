@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
+    """The ``toolkit`` console script: exit with :func:`main`'s code, so scripts can rely on it."""
     sys.exit(main())
 
 

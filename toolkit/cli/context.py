@@ -52,6 +52,7 @@ class CliContext:
 
     @property
     def toolkit(self) -> Toolkit:
+        """The app's Toolkit, built on first use: ``--help`` and bad input never open a database."""
         if self._toolkit is None:
             if self.app_spec:
                 self._toolkit = load_app(self.app_spec)
@@ -61,6 +62,7 @@ class CliContext:
         return self._toolkit
 
     def close(self) -> None:
+        """Drain and release what the command opened; called once when the command ends."""
         if self._toolkit is not None:
             self._toolkit.close()
 

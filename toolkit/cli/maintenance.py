@@ -113,6 +113,7 @@ def execute(
 
 
 def render(report: Report) -> None:
+    """A sweep's summary at 80 columns: what changed, what was skipped and why, a sample."""
     out = console()
     title = report.action.capitalize()
     if report.sample:

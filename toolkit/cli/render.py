@@ -23,10 +23,12 @@ STATUS_STYLE = {
 
 
 def console() -> Console:
+    """stdout for tables; no auto-highlighting, so colours only ever carry meaning."""
     return Console(highlight=False, soft_wrap=False)
 
 
 def err_console() -> Console:
+    """stderr, for errors and progress that must not mix with ``--json`` output."""
     return Console(stderr=True, highlight=False)
 
 
@@ -41,30 +43,36 @@ def _default(value: Any) -> Any:
 
 
 def emit_json(data: Any) -> None:
+    """One JSON document on stdout; datetimes as ISO 8601, decimals as numbers."""
     click.echo(json.dumps(data, default=_default, indent=2, sort_keys=False))
 
 
 def status(value: str) -> str:
+    """A run status in its colour: green completed, red failed, yellow cancelled."""
     return f"[{STATUS_STYLE.get(value, 'white')}]{value}[/]"
 
 
 def percentage(value: Decimal | float) -> str:
+    """A rollout percentage: dim at 0 (all legacy), green at 100, yellow in between."""
     pct = float(value)
     style = "dim" if pct == 0 else "green" if pct == 100 else "yellow"
     return f"[{style}]{pct:g}%[/]"
 
 
 def when(value: datetime | None) -> str:
+    """A timestamp to the second (UTC), or a dim dash when there is none."""
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "[dim]-[/]"
 
 
 def seconds(value: float | None) -> str:
+    """A duration in ms below a second, else in seconds; a dim dash when unknown."""
     if value is None:
         return "[dim]-[/]"
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    """A plain table whose cells fold instead of widening past the terminal."""
     t = Table(title=title, title_justify="left", header_style="bold")
     for column in columns:
         t.add_column(column, overflow="fold")
@@ -74,6 +82,7 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
 
 
 def print_error(message: str) -> None:
+    """The one error line: coloured on a terminal, plain ``error: ...`` for scripts and logs."""
     stream = err_console()
     if stream.is_terminal:
         stream.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)

@@ -32,6 +32,7 @@ def split_root_options(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def run_command(command: Sequence[str], argv: Sequence[str] | None = None) -> int:
+    """Run ``toolkit <command> <argv>`` with the root options moved first; returns the exit code."""
     root, rest = split_root_options(sys.argv[1:] if argv is None else argv)
     return main([*root, *command, *rest])
 

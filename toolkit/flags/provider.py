@@ -58,6 +58,7 @@ class RolloutProvider(AbstractProvider):
         self._lock = threading.Lock()
 
     def get_metadata(self) -> Metadata:
+        """OpenFeature's provider name, shown in evaluation details and hooks."""
         return _METADATA
 
     def invalidate(self) -> None:
@@ -65,6 +66,7 @@ class RolloutProvider(AbstractProvider):
         self._expires = float("-inf")
 
     def snapshot(self) -> Mapping[str, RolloutView]:
+        """All rollouts as of at most ``ttl`` ago: one query per ``ttl``, never one per dispatch."""
         if self._clock() >= self._expires:
             self._refresh()
         return self._snapshot
@@ -93,6 +95,7 @@ class RolloutProvider(AbstractProvider):
         default_value: str,
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[str]:
+        """The backend for a key: killed, deny, allow, then the sticky split; never raises."""
         if self._clock() >= self._expires:
             self._refresh()
         if self._refresh_error is not None:
@@ -132,11 +135,13 @@ class RolloutProvider(AbstractProvider):
         default_value: bool,
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[bool]:
+        """Rollout flags name a backend: asked for another type, the default with an error."""
         return _type_mismatch(default_value)
 
     def resolve_integer_details(
         self, flag_key: str, default_value: int, evaluation_context: EvaluationContext | None = None
     ) -> FlagResolutionDetails[int]:
+        """Rollout flags name a backend: asked for another type, the default with an error."""
         return _type_mismatch(default_value)
 
     def resolve_float_details(
@@ -145,11 +150,13 @@ class RolloutProvider(AbstractProvider):
         default_value: float,
         evaluation_context: EvaluationContext | None = None,
     ) -> FlagResolutionDetails[float]:
+        """Rollout flags name a backend: asked for another type, the default with an error."""
         return _type_mismatch(default_value)
 
     def resolve_object_details(
         self, flag_key: str, default_value: Any, evaluation_context: EvaluationContext | None = None
     ) -> FlagResolutionDetails[Any]:
+        """Rollout flags name a backend: asked for another type, the default with an error."""
         return _type_mismatch(default_value)
 
 
