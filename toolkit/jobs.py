@@ -108,7 +108,7 @@ class JobRegistry:
         self._jobs[spec.name] = spec
 
     def get(self, name: str) -> JobSpec:
-        """The job called ``name``; an unknown name raises :class:`UnknownJob` naming the known ones."""
+        """The job called ``name``; an unknown name raises UnknownJob naming the known ones."""
         try:
             return self._jobs[name]
         except KeyError:
