@@ -79,7 +79,8 @@ def build_app() -> Toolkit:
     )
     app = backend.app  # type: ignore[attr-defined]
 
-    @app.task(name=RAW_TASK, shared=False, acks_late=True, ignore_result=True)
+    # celery has no type hints, so its task decorator is untyped
+    @app.task(name=RAW_TASK, shared=False, acks_late=True, ignore_result=True)  # type: ignore[untyped-decorator]
     def raw_probe(sent_at: float) -> None:
         import redis
 
@@ -242,6 +243,7 @@ def drain_rate(tk: Toolkit, backlog: int) -> float:
         first, last = s.execute(
             select(func.min(Run.started_at), func.max(Run.finished_at)).where(Run.id.in_(ids))
         ).one()
+    assert first is not None and last is not None, "no run of the backlog finished"
     return backlog / max((last - first).total_seconds(), 1e-9)
 
 

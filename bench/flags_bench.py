@@ -222,7 +222,9 @@ def summarize(samples: dict[str, list[float]], n: int) -> dict[str, dict[str, fl
     return out
 
 
-def ratio_set(data: dict[str, dict[str, float]], samples: dict[str, list[float]], other: str):
+def ratio_set(
+    data: dict[str, dict[str, float]], samples: dict[str, list[float]], other: str
+) -> dict[str, float]:
     return {
         "median": data["ours"]["evals_per_s"] / data[other]["evals_per_s"],
         "total": data["ours"]["total_evals_per_s"] / data[other]["total_evals_per_s"],

@@ -199,7 +199,7 @@ def seed(args: argparse.Namespace, console: Console) -> dict[str, float]:
     started = time.perf_counter()
     with psycopg.connect(f"{args.pg}/{args.db}") as conn:
         for statement in SEED:
-            conn.execute(statement, params)  # type: ignore[arg-type]
+            conn.execute(statement, params)
         conn.commit()
     times["seed_s"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -258,7 +258,7 @@ def toolkit_cli(args: argparse.Namespace, command: list[str]) -> dict[str, Any]:
 def set_based(args: argparse.Namespace, statement: str) -> dict[str, Any]:
     with psycopg.connect(f"{args.pg}/{args.db}_sql") as conn:
         started = time.perf_counter()
-        cur = conn.execute(statement, {"max_recoveries": MAX_RECOVERIES})  # type: ignore[arg-type]
+        cur = conn.execute(statement, {"max_recoveries": MAX_RECOVERIES})
         conn.commit()
         elapsed = time.perf_counter() - started
     return {"wall_s": elapsed, "accounts_updated": cur.rowcount}

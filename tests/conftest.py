@@ -98,6 +98,7 @@ def make_toolkit(url: str, **options: object) -> Toolkit:
         "retry_max_delay": 0.004,
     }
     defaults.update(options)
+    # options are forwarded as given: Toolkit validates them (mypy cannot, key by key)
     return Toolkit(url, **defaults)  # type: ignore[arg-type]
 
 

@@ -118,7 +118,7 @@ def statuses(tk: Toolkit, run_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
     return {r.id: r.status for r in rows}
 
 
-def refunds(tk: Toolkit) -> dict[uuid.UUID, int]:
+def refunds(tk: Toolkit) -> dict[uuid.UUID | None, int]:
     """Refunds per run (the invariant says at most one each)."""
     with tk.db.transaction() as s:
         rows = s.execute(
@@ -137,10 +137,16 @@ def snapshot(tk: Toolkit) -> dict[str, list[tuple[str, ...]]]:
     out: dict[str, list[tuple[str, ...]]] = {}
     with tk.db.transaction() as s:
         for model in TABLES:
-            table = model.__table__
-            rows = s.execute(select(table)).all()
-            out[table.name] = sorted(tuple(str(v) for v in row) for row in rows)
+            rows = s.execute(select(model.__table__)).all()
+            out[model.__tablename__] = sorted(tuple(str(v) for v in row) for row in rows)
     return out
+
+
+def json_doc(value: Any) -> dict[str, Any]:
+    """An audit entry's ``before``/``after`` as a dict: the columns are nullable JSON, but every
+    maintenance entry writes both, so a missing one fails here rather than as a TypeError."""
+    assert isinstance(value, dict), value
+    return value
 
 
 def without_audit(snap: dict[str, list[tuple[str, ...]]]) -> dict[str, list[tuple[str, ...]]]:
@@ -170,7 +176,7 @@ def check_ledger(tk: Toolkit, *, all_refunded: bool = False) -> None:
         totals = tk.credits.totals(account)
         assert balance == totals.balance, (account, balance, totals)
         assert balance >= 0, (account, balance)
-    amounts: dict[uuid.UUID, dict[str, int]] = {}
+    amounts: dict[uuid.UUID | None, dict[str, int]] = {}
     for run_id, kind, count, total in per_run:
         assert count == 1, f"run {run_id} has {count} {kind} entries"
         amounts.setdefault(run_id, {})[kind] = total

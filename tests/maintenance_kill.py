@@ -32,6 +32,7 @@ def _audit_then_hang(self: Sweeper, s: Session, done: Sequence[Change]) -> Any:
         time.sleep(600)
 
 
+# the module's purpose: this process's sweeps hang inside the chosen batch
 Sweeper._audit = _audit_then_hang  # type: ignore[method-assign]
 
 if __name__ == "__main__":

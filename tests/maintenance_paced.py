@@ -42,6 +42,7 @@ def _audit_then_pause(self: Sweeper, s: Session, done: Sequence[Change]) -> Any:
     return result
 
 
+# the module's purpose: this process's sweeps wait for the go signal and pause per batch
 Sweeper.run = _run_in_step  # type: ignore[method-assign]
 Sweeper._audit = _audit_then_pause  # type: ignore[method-assign]
 

@@ -21,7 +21,8 @@ from sqlalchemy import update
 from tests.support.celery_app import STEPS_TIMEOUT, TEST_BACKEND_OPTIONS, register_jobs
 from tests.support.celery_harness import REDIS_URL, unreachable
 from toolkit import RunStatus, Toolkit
-from toolkit.backends.celery.backend import CeleryBackend, mask_url
+from toolkit.backends.celery.backend import CeleryBackend
+from toolkit.backends.celery.config import mask_url
 from toolkit.cli import main
 from toolkit.errors import BrokerConfigError
 from toolkit.store.models import Run, utcnow
@@ -29,23 +30,29 @@ from toolkit.store.models import Run, utcnow
 STEPS = {"steps": ["a", "b"]}
 
 
+CeleryTk = tuple[Toolkit, CeleryBackend, list[dict[str, Any]]]  # toolkit, backend, publishes
+
+
 class FakeTask:
     name = "toolkit.run.celery-steps"
 
 
 @pytest.fixture
-def celery_tk(tk: Toolkit) -> Iterator[tuple[Toolkit, CeleryBackend, list[dict[str, Any]]]]:
+def celery_tk(tk: Toolkit) -> CeleryTk:
     """A celery backend whose publishes are recorded instead of sent (broker: memory://)."""
     register_jobs(tk)
     backend = tk.use_backend("celery", broker_url="memory://", **TEST_BACKEND_OPTIONS)
     assert isinstance(backend, CeleryBackend)
     published: list[dict[str, Any]] = []
 
-    def record(job: Any, run_id: uuid.UUID, *, countdown: float = 0.0, reserved: bool = False):
+    def record(
+        job: Any, run_id: uuid.UUID, *, countdown: float = 0.0, reserved: bool = False
+    ) -> None:
         published.append(
             {"job": job.name, "run_id": run_id, "countdown": countdown, "reserved": reserved}
         )
 
+    # the fixture's point: publishes are recorded, never sent
     backend.publish = record  # type: ignore[method-assign]
     for job in tk.jobs.names():
         tk.set_rollout(job, 100, reason="test")
@@ -195,7 +202,7 @@ def test_importing_toolkit_does_not_import_celery() -> None:
 # --- delivery decisions ------------------------------------------------------------------------
 
 
-def test_delivery_runs_a_queued_run_and_republishes_a_retry(celery_tk: Any) -> None:
+def test_delivery_runs_a_queued_run_and_republishes_a_retry(celery_tk: CeleryTk) -> None:
     tk, backend, published = celery_tk
     ok = tk.dispatch("celery-steps", STEPS, account="acct")
     flaky = tk.dispatch("celery-steps", {**STEPS, "fail_until": {"a": 1}}, account="acct")
@@ -213,7 +220,7 @@ def test_delivery_runs_a_queued_run_and_republishes_a_retry(celery_tk: Any) -> N
 
 
 def test_delivery_defers_while_the_holder_beats_and_takes_over_when_it_stops(
-    celery_tk: Any,
+    celery_tk: CeleryTk,
 ) -> None:
     tk, backend, published = celery_tk
     handle = tk.dispatch("celery-steps", STEPS, account="acct")
@@ -234,7 +241,7 @@ def test_delivery_defers_while_the_holder_beats_and_takes_over_when_it_stops(
     assert not tk.runtime.complete(handle.run_id, holder.attempt, "late")
 
 
-def test_take_over_without_attempts_left_fails_with_refund(celery_tk: Any) -> None:
+def test_take_over_without_attempts_left_fails_with_refund(celery_tk: CeleryTk) -> None:
     tk, backend, _ = celery_tk
     handle = tk.dispatch("celery-steps", STEPS, account="acct")
     max_attempts = tk.jobs.get("celery-steps").max_attempts
@@ -246,7 +253,7 @@ def test_take_over_without_attempts_left_fails_with_refund(celery_tk: Any) -> No
     assert [e.kind for e in detail.ledger] == ["DEBIT", "REFUND"]
 
 
-def test_unknown_and_malformed_runs_are_dropped(celery_tk: Any) -> None:
+def test_unknown_and_malformed_runs_are_dropped(celery_tk: CeleryTk) -> None:
     _, backend, published = celery_tk
     published.clear()
     assert _deliver(backend, uuid.uuid4()) == "unknown"
@@ -257,7 +264,7 @@ def test_unknown_and_malformed_runs_are_dropped(celery_tk: Any) -> None:
 
 
 def test_database_outage_defers_the_message(
-    celery_tk: Any, monkeypatch: pytest.MonkeyPatch
+    celery_tk: CeleryTk, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tk, backend, published = celery_tk
     handle = tk.dispatch("celery-steps", STEPS, account="acct")
@@ -272,7 +279,7 @@ def test_database_outage_defers_the_message(
     assert published[0]["countdown"] == TEST_BACKEND_OPTIONS["retry_delay"]
 
 
-def test_failed_republish_rejects_the_message_back_to_the_broker(celery_tk: Any) -> None:
+def test_failed_republish_rejects_the_message_back_to_the_broker(celery_tk: CeleryTk) -> None:
     from celery.exceptions import Reject
 
     tk, backend, _ = celery_tk
@@ -281,13 +288,14 @@ def test_failed_republish_rejects_the_message_back_to_the_broker(celery_tk: Any)
     def broker_down(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("broker down")
 
+    # the broker's outage, at the one call that talks to it
     backend.publish = broker_down  # type: ignore[method-assign]
     with pytest.raises(Reject) as rejected:
         _deliver(backend, handle.run_id)
     assert rejected.value.requeue  # not acknowledged: the broker delivers it again
 
 
-def test_soft_time_limit_becomes_a_final_job_timeout(celery_tk: Any) -> None:
+def test_soft_time_limit_becomes_a_final_job_timeout(celery_tk: CeleryTk) -> None:
     from celery.exceptions import SoftTimeLimitExceeded
 
     tk, backend, published = celery_tk

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import func, insert, select, text
@@ -172,7 +172,9 @@ def test_same_idempotency_key_dispatched_concurrently_makes_one_run(
     assert run_count(tk_pg) == 1
     assert tk_pg.credits.balance("acct") == 50 - COST
     assert ledger(tk_pg, "acct")[(handles[0].run_id, LedgerKind.DEBIT.value)] == 1
-    submitted = [rid for t in set(tks) for rid in t.backends["parked"].submitted]  # type: ignore[attr-defined]
+    submitted = [
+        rid for t in set(tks) for rid in cast(ParkedBackend, t.backends["parked"]).submitted
+    ]
     assert submitted == [handles[0].run_id]  # handed over once, by the winner
 
 

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from tests.conftest import PG_ADMIN_URL, make_toolkit
+from toolkit import Toolkit
 from toolkit.errors import ConfigError, DatabaseError
 from toolkit.store.models import Run
 
@@ -33,7 +34,7 @@ def _terminate_backends(url: str) -> int:
     return int(killed)
 
 
-def _noop_job(tk: Any) -> None:
+def _noop_job(tk: Toolkit) -> None:
     @tk.job("noop")
     def noop(ctx: Any, payload: Any) -> str:
         return "ok"

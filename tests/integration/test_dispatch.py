@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import NoReturn
 
 import pytest
 from openfeature.evaluation_context import EvaluationContext
-from openfeature.flag_evaluation import FlagResolutionDetails
 from openfeature.provider import AbstractProvider, Metadata
 from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
 from sqlalchemy import event as sa_event
@@ -205,13 +205,17 @@ class ExplodingProvider(AbstractProvider):
     def get_metadata(self) -> Metadata:
         return Metadata(name="exploding")
 
-    def resolve_string_details(  # type: ignore[override]
-        self, flag_key: str, default_value: str, evaluation_context: EvaluationContext | None = None
-    ) -> FlagResolutionDetails[str]:
+    # One body for every flag type: ``default_value: object`` and ``NoReturn`` fit each signature.
+    def resolve_string_details(
+        self,
+        flag_key: str,
+        default_value: object,
+        evaluation_context: EvaluationContext | None = None,
+    ) -> NoReturn:
         raise RuntimeError("flag service timeout")
 
-    resolve_boolean_details = resolve_integer_details = resolve_float_details = (  # type: ignore[assignment]
-        resolve_object_details  # type: ignore[assignment]
+    resolve_boolean_details = resolve_integer_details = resolve_float_details = (
+        resolve_object_details
     ) = resolve_string_details
 
 

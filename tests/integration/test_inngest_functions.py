@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -69,9 +70,9 @@ def function(backend: InngestBackend, job: str) -> inngest.Function[Any]:
     return next(f for f in backend.functions() if f.id == backend.function_id(job))
 
 
-def trigger(backend: InngestBackend, job: str, run_id: object) -> Any:
+def trigger(backend: InngestBackend, job: str, run_id: uuid.UUID) -> Any:
     spec = backend.toolkit.jobs.get(job)
-    event = backend.event(SubmittedRun(run_id, spec, None, "k"))  # type: ignore[arg-type]
+    event = backend.event(SubmittedRun(run_id, spec, None, "k"))
     assert isinstance(backend.client, mocked.Inngest)
     return mocked.trigger(function(backend, job), event, backend.client)
 
@@ -108,7 +109,11 @@ def test_cancel_between_steps_stops_the_run(tk: Toolkit, backend: InngestBackend
 
     @tk.job("cancel-me", target="inngest", cost=4)
     def job(ctx: JobContext, payload: object) -> str:
-        ctx.step("one", lambda: ran.append("one") or tk.cancel(ctx.run_id, reason="user left"))
+        def one() -> bool:
+            ran.append("one")
+            return tk.cancel(ctx.run_id, reason="user left")
+
+        ctx.step("one", one)
         ctx.step("two", lambda: ran.append("two"))
         return "done"
 
@@ -179,7 +184,9 @@ def test_registered_config_follows_the_job(config_tk: Toolkit) -> None:
     main = config.main.to_dict()
     assert isinstance(main, dict)
     assert main["triggers"] == [{"event": "app/limited.requested", "expression": None}]
-    assert main["steps"]["step"]["retries"] == {"attempts": 5}
+    steps = main["steps"]
+    assert isinstance(steps, dict)
+    assert steps["step"]["retries"] == {"attempts": 5}
     assert main["timeouts"] == {"start": None, "finish": "2h"}
     assert main["throttle"] == {"key": None, "limit": 10, "period": "1m", "burst": 1}
     assert main["concurrency"] == [{"key": None, "limit": 3, "scope": None}]

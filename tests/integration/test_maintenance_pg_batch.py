@@ -79,6 +79,7 @@ def audits(tk: Toolkit, job: str) -> dict[str, Any]:
     for key in ("changes", "statuses", "backends"):
         totals[key] = Counter[str]()
     for e in entries:
+        assert e.after is not None and e.before is not None  # nullable columns; never here
         totals["runs"] += e.after["runs"]
         totals["credits"] += e.after["credits"]
         assert len(e.after["run_ids"]) == e.after["runs"]

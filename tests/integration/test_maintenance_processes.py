@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select as sql_select
@@ -30,6 +31,7 @@ from tests.maintenance_fixture import age as make_stuck
 from tests.maintenance_fixture import (
     check_ledger,
     dispatch,
+    json_doc,
     mark_running,
     owe,
     refunds,
@@ -105,7 +107,7 @@ def seed(tk: Toolkit, action: str, n: int) -> list[uuid.UUID]:
     return run_ids
 
 
-def finish(proc: subprocess.Popen[str]) -> dict[str, object]:
+def finish(proc: subprocess.Popen[str]) -> dict[str, Any]:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     data = json.loads(out)
@@ -181,9 +183,9 @@ def test_two_concurrent_processes_per_command_change_each_run_exactly_once(
     go.touch()
     reports = {action: [finish(p) for p in pair] for action, pair in procs.items()}
     for action in sizes:
-        assert sum(int(r["changed"]) for r in reports[action]) == sizes[action]  # type: ignore[call-overload]
+        assert sum(int(r["changed"]) for r in reports[action]) == sizes[action]
         entries = audited(tk, action)
-        seen = Counter(rid for e in entries for rid in e.after["run_ids"])
+        seen = Counter(rid for e in entries for rid in json_doc(e.after)["run_ids"])
         assert seen == Counter({str(rid): 1 for rid in seeded[action]})  # one batch each
         by_actor = Counter(e.actor for e in entries)
         assert set(by_actor) == {"worker-1", "worker-2"}, (action, by_actor)  # split the work
@@ -238,4 +240,4 @@ def test_sigkill_inside_a_batch_then_a_rerun_completes_without_double_refunds(
     rerun = finish(spawn(*args, "--json"))
     assert rerun["changed"] == 40
     check_done_once(tk, action, run_ids)
-    assert len(audited(tk, action)) == 2 + int(rerun["batches"])  # type: ignore[call-overload]
+    assert len(audited(tk, action)) == 2 + int(rerun["batches"])

@@ -60,6 +60,7 @@ def queueing_harness(request: pytest.FixtureRequest, tk: Toolkit, parked: Parked
 
 
 def recover(tk: Toolkit, *, apply: bool = False, max_recoveries: int = 3, **kw: object) -> Report:
+    # ``kw`` is forwarded as given: Filters checks the values (mypy cannot, field by field)
     filters = Filters(batch_size=2, **kw)  # type: ignore[arg-type]
     return maintenance_ops.recover(
         tk, filters, apply=apply, older_than="15m", max_recoveries=max_recoveries

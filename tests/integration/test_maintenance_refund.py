@@ -4,10 +4,12 @@ keyset ties and a crash mid-sweep; the ledger invariant after every scenario."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tests.maintenance_fixture import (
     ACCOUNTS,
@@ -16,6 +18,7 @@ from tests.maintenance_fixture import (
     OTHER_JOB,
     check_ledger,
     dispatch,
+    json_doc,
     owe,
     refunds,
     set_runs,
@@ -25,7 +28,7 @@ from tests.maintenance_fixture import (
 from toolkit import RunStatus, Toolkit
 from toolkit.errors import DatabaseError, InvalidInput, UnknownBackend, UnknownJob
 from toolkit.maintenance import operations as maintenance_ops
-from toolkit.maintenance.sweep import BULK_BATCH, DEFAULT_BATCH, Filters, Sweeper
+from toolkit.maintenance.sweep import BULK_BATCH, DEFAULT_BATCH, Change, Filters, Sweeper
 from toolkit.store.models import AuditEntry, Run, utcnow
 
 
@@ -82,9 +85,9 @@ def test_apply_refunds_each_owed_run_once_and_twice_equals_once(tk: Toolkit) -> 
 
     entries = audit(tk)
     assert len(entries) == first.batches  # one entry per batch, written in its transaction
-    ids = [rid for e in entries for rid in e.after["run_ids"]]
+    ids = [rid for e in entries for rid in json_doc(e.after)["run_ids"]]
     assert sorted(ids) == sorted(str(r) for r in owed)
-    assert sum(e.after["credits"] for e in entries) == 11 * COST
+    assert sum(json_doc(e.after)["credits"] for e in entries) == 11 * COST
 
     once = snapshot(tk)
     second = maintenance_ops.refund(tk, Filters(batch_size=3), apply=True)
@@ -135,9 +138,9 @@ def test_crash_mid_sweep_keeps_whole_batches_and_the_next_run_completes(
     run_ids = dispatch(tk, 10)
     owe(tk, run_ids)
     real = Sweeper._audit  # the last write of a batch, in its transaction
-    calls = []
+    calls: list[int] = []
 
-    def dies_in_third_batch(self, s, done):  # type: ignore[no-untyped-def]
+    def dies_in_third_batch(self: Sweeper, s: Session, done: Sequence[Change]) -> None:
         real(self, s, done)  # the refunds and the audit entry are written ...
         calls.append(len(done))
         if len(calls) == 3:
@@ -171,6 +174,7 @@ def test_bad_input_raises_before_anything_changes(tk: Toolkit) -> None:
     # Names known only from recorded runs are fine: a removed job or backend can be swept.
     with tk.db.transaction() as s:
         rid = s.scalars(select(Run.id)).first()
+    assert rid is not None
     set_runs(tk, [rid], job="retired-job", backend="retired-backend")
     report = maintenance_ops.refund(tk, Filters(job="retired-job", backend="retired-backend"))
     assert report.changed == 1
@@ -185,4 +189,4 @@ def test_batch_size_defaults_per_sweep(tk: Toolkit) -> None:
     assert maintenance_ops.sweeper(tk, "refund", Filters(batch_size=7)).filters.batch_size == 7
     owe(tk, dispatch(tk, 3))
     assert maintenance_ops.refund(tk, apply=True).batches == 1
-    assert [e.after["filters"]["batch_size"] for e in audit(tk)] == [BULK_BATCH]
+    assert [json_doc(e.after)["filters"]["batch_size"] for e in audit(tk)] == [BULK_BATCH]

@@ -37,7 +37,12 @@ def empty_db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
     url = request.getfixturevalue("pg_server_url")
     db = Database(url)
     command.downgrade(db.alembic_config(), "base")
-    request.addfinalizer(lambda: (db.migrate(), db.dispose()))
+
+    def restore() -> None:
+        db.migrate()
+        db.dispose()
+
+    request.addfinalizer(restore)
     return db
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
@@ -155,11 +155,18 @@ def test_rank_samples_are_capped_deterministically(tk: Toolkit) -> None:
     assert again.queue_test == cmp.queue_test
 
 
+class _Debited(TypedDict):
+    """The seed fields of a debited run, so ``**debited`` is typed field by field."""
+
+    account: str
+    debit: int
+
+
 def test_credit_errors_in_one_statement(tk: Toolkit) -> None:
     """Unrefunded = failed/cancelled, debited, no refund; unexplained = refunded but not failed;
     only runs created in the window and of the jobs asked for count."""
     at = [T0 + timedelta(seconds=i) for i in range(10)]
-    debited = {"account": "a", "debit": 5}
+    debited: _Debited = {"account": "a", "debit": 5}
     insert_runs(
         tk,
         JOB,

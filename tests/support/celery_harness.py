@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from tests.support.celery_app import CELERY_OPTIONS_ENV, STEP_LOG_ENV, WORKER_ENV
@@ -53,9 +53,12 @@ def unreachable(url: str, timeout: float = 1.0) -> str | None:
         return f"{parts.scheme} broker not reachable at {host}:{port}: {exc}"
 
 
+T = TypeVar("T")
+
+
 def wait_for(
-    predicate: Callable[[], Any], timeout: float, *, interval: float = 0.05, what: str = ""
-) -> Any:
+    predicate: Callable[[], T | None], timeout: float, *, interval: float = 0.05, what: str = ""
+) -> T:
     """Poll until ``predicate()`` is truthy; its value, or AssertionError at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -108,9 +111,10 @@ class CeleryTestEnv:
             finally:
                 client.close()
         if self.broker_url.startswith("amqp") and unreachable(self.broker_url) is None:
-            from kombu import Connection
+            from kombu.connection import Connection
 
-            with Connection(self.broker_url, connect_timeout=2) as conn:
+            # kombu ships py.typed, but Connection.__init__ has no annotations
+            with Connection(self.broker_url, connect_timeout=2) as conn:  # type: ignore[no-untyped-call]
                 conn.default_channel.queue_delete(self.queue)
 
 

@@ -93,8 +93,8 @@ class FakeInngestApi:
         self.on_register: Any = None
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _ApiHandler)
-        self._server.api = self  # type: ignore[attr-defined]
+        self._server = _ApiServer(("127.0.0.1", 0), _ApiHandler)
+        self._server.api = self
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -147,6 +147,12 @@ class FakeInngestApi:
         return 200, {"ok": True, "modified": True}
 
 
+class _ApiServer(ThreadingHTTPServer):
+    """The HTTP server, holding the fake API its handlers answer for."""
+
+    api: FakeInngestApi
+
+
 class _ApiHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the real API: clients reuse connections
     disable_nagle_algorithm = True  # headers and body are two writes: no delayed-ACK stall
@@ -161,7 +167,8 @@ class _ApiHandler(BaseHTTPRequestHandler):
 
     @property
     def api(self) -> FakeInngestApi:
-        return self.server.api  # type: ignore[attr-defined,no-any-return]
+        assert isinstance(self.server, _ApiServer)
+        return self.server.api
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length") or 0))

@@ -38,6 +38,7 @@ class FakeStore:
 
 
 def rollout(pct: str, **changes: object) -> RolloutView:
+    # ``changes`` are forwarded as given: replace() checks each field only at runtime
     return replace(unset("job", "inngest"), percentage=Decimal(pct), version=1, **changes)  # type: ignore[arg-type]
 
 

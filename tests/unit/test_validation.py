@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,7 +21,7 @@ from toolkit.errors import (
     MissingExtra,
     UnknownJob,
 )
-from toolkit.jobs import JobRegistry, make_spec
+from toolkit.jobs import JobRegistry, JobSpec, make_spec
 from toolkit.store.rollouts import parse_percentage
 
 
@@ -81,17 +84,17 @@ def test_invalid_percentages(value: object) -> None:
         ("45", 45),
     ],
 )
-def test_durations(value: object, seconds: float) -> None:
-    assert parse_duration(value) == seconds  # type: ignore[arg-type]
+def test_durations(value: str | float | timedelta, seconds: float) -> None:
+    assert parse_duration(value) == seconds
 
 
 @pytest.mark.parametrize("value", ["", "15 minutes", "-5m", "0", 0, -1, "m", True, "1w"])
-def test_invalid_durations(value: object) -> None:
+def test_invalid_durations(value: str | int) -> None:
     with pytest.raises(InvalidDuration):
-        parse_duration(value)  # type: ignore[arg-type]
+        parse_duration(value)
 
 
-def _spec(**overrides: object):  # type: ignore[no-untyped-def]
+def _spec(**overrides: object) -> JobSpec:
     options: dict[str, object] = dict(
         event=None,
         retries=3,
@@ -105,6 +108,7 @@ def _spec(**overrides: object):  # type: ignore[no-untyped-def]
     )
     name = str(overrides.pop("name", "job"))
     options.update(overrides)
+    # The options are deliberately untyped: the tests pass wrong types to see them rejected.
     return make_spec(lambda ctx, payload: None, name, **options)  # type: ignore[arg-type]
 
 
@@ -148,15 +152,21 @@ def test_registry_rejects_duplicates_and_names_known_jobs() -> None:
         registry.get("b")
 
 
-def test_optional_backend_names_its_extra(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_optional_backend_names_its_extra(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import builtins
 
     real_import = builtins.__import__
 
-    def no_celery(name: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+    def no_celery(
+        name: str,
+        globals: Mapping[str, object] | None = None,
+        locals: Mapping[str, object] | None = None,
+        fromlist: Sequence[str] | None = (),
+        level: int = 0,
+    ) -> ModuleType:
         if name == "celery" or name.startswith("celery."):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return real_import(name, *args, **kwargs)
+        return real_import(name, globals, locals, fromlist, level)
 
     tk = Toolkit(f"sqlite:///{tmp_path / 'x.db'}")
     try:
