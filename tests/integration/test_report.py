@@ -15,7 +15,8 @@ from toolkit import Toolkit
 from toolkit.cli import main
 from toolkit.rollout import latency as rl
 from toolkit.rollout import queries as rq
-from toolkit.rollout.gates import RolloutPlan, Verdict
+from toolkit.rollout.gates import Verdict
+from toolkit.rollout.plan import RolloutPlan
 from toolkit.rollout.report import build
 from toolkit.rollout.stats import mann_whitney, newcombe, two_proportion_z, wilson
 

@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy import insert, select
 
 import toolkit.rollout.controller
 from tests.report_fixture import Seed, arm, insert_runs, last_audit
@@ -29,8 +30,10 @@ from toolkit.rollout.controller import (
     StepComplete,
     Tick,
 )
-from toolkit.rollout.gates import RolloutPlan, Verdict
-from toolkit.store.models import utcnow
+from toolkit.rollout.gates import Verdict
+from toolkit.rollout.plan import RolloutPlan
+from toolkit.rollout.report import build
+from toolkit.store.models import CreditEntry, Run, utcnow
 
 JOB = "prediction-session"
 PLAN = RolloutPlan(min_runs=20, min_soak="10m")
@@ -469,3 +472,67 @@ def test_cli_bad_input_exits_2_and_changes_nothing(
     assert code == 2, err
     assert message in err and err.count("\n") == 1 and "Traceback" not in out + err
     assert snapshot(capsys) == before
+
+
+# --- the report and advance decide alike ----------------------------------------------------------
+
+# The report's scorecard presents these rollout gates under the seed's metric names.
+SHARED = {
+    "completion rate same or better": "success rate",
+    "queue-to-processing p95 < 10 s": "queue-to-start p95",
+    "no increase in credit-handling errors": "credit errors",
+}
+
+
+@pytest.mark.parametrize(
+    ("new_errors", "legacy_errors", "credit"),
+    [
+        (0, 0, Verdict.PASS),
+        (1, 10, Verdict.FAIL),  # 2.5 % on the new arm, 5 % on legacy: "same or better" once
+        (4, 2, Verdict.FAIL),  # 10 % against 1 %: a higher rate
+    ],
+)
+def test_report_scorecard_and_advance_agree_on_the_same_runs(
+    tk: Toolkit, new_errors: int, legacy_errors: int, credit: Verdict
+) -> None:
+    """Failed debited runs without a refund are credit errors; the scorecard's verdicts are the
+    advance gates' verdicts on the same runs, and advance refuses whenever the report fails."""
+    register(tk)
+    ctl = controller(tk)
+    ctl.advance(JOB)
+    began = ctl.state(JOB).step_began
+    assert began is not None
+    start = began + timedelta(microseconds=1)
+    every = timedelta(microseconds=1)
+    money = {"account": "a", "debit": 5}
+    insert_runs(
+        tk,
+        JOB,
+        arm("inngest", 40, start=start, every=every, failed=new_errors, **money)
+        + arm("legacy", 200, start=start, every=every, failed=max(legacy_errors, 10), **money),
+    )
+    if legacy_errors < 10:  # the other failed legacy runs were refunded
+        with tk.db.transaction() as s:
+            failed = s.scalars(
+                select(Run.id).where(Run.backend == "legacy", Run.status == "FAILED")
+            ).all()
+            for rid in failed[legacy_errors:]:
+                s.execute(
+                    insert(CreditEntry).values(
+                        account="a", run_id=rid, kind="REFUND", amount=5, reason="seed"
+                    )
+                )
+    now = in_an_hour()
+    ev = controller(tk, clock=lambda: now).evaluate(JOB)
+    [job] = build(tk, job=JOB, since=began, until=now + timedelta(microseconds=1)).jobs
+    report = {SHARED[g.name]: g.verdict for g in job.scorecard if g.name in SHARED}
+    advance = {g.name: g.verdict for g in ev.result.gates if g.name in SHARED.values()}
+    assert report == advance and len(report) == 3
+    keys = {g.key: g.verdict for g in job.scorecard}  # the same rules, whatever the names
+    assert all(keys[g.key] is g.verdict for g in ev.result.gates if g.key in keys)
+    assert report["credit errors"] is credit
+    assert job.arm("inngest").credit_errors == new_errors
+    assert job.arm("legacy").credit_errors == legacy_errors
+    if credit is Verdict.FAIL:
+        with pytest.raises(GatesFailed, match="credit errors"):
+            controller(tk, clock=lambda: now).advance(JOB)

@@ -14,8 +14,9 @@ from sqlalchemy.orm import Session
 from toolkit.config import LEGACY
 from toolkit.rollout import latency as lat
 from toolkit.rollout import queries as q
-from toolkit.rollout.gates import ArmCounts, RolloutPlan
+from toolkit.rollout.gates import ArmCounts
 from toolkit.rollout.latency import Latencies, Samples
+from toolkit.rollout.plan import RolloutPlan
 from toolkit.rollout.queries import Key, Window
 from toolkit.rollout.stats import Interval, wilson
 from toolkit.store.snapshot import snapshot
@@ -69,6 +70,8 @@ class ArmStats:
             queue_p95=self.latencies.queue[1],
             queue_over_target=self.latencies.queue_over_target,
             credit_errors=self.credit_errors,
+            timeouts=self.timeouts,
+            missing_heartbeats=self.missing_heartbeats,
         )
 
     def as_dict(self) -> dict[str, Any]:

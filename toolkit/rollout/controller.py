@@ -39,13 +39,12 @@ from toolkit.rollout.arms import ArmStats, collect
 from toolkit.rollout.gates import (
     Action,
     Evaluation,
-    RolloutPlan,
     Verdict,
     decide,
     evaluate,
-    plan_for,
     step_text,
 )
+from toolkit.rollout.plan import RolloutPlan, plan_for
 from toolkit.rollout.queries import Window
 from toolkit.rollout.types import (
     Moved,

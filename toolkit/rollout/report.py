@@ -22,16 +22,9 @@ from sqlalchemy import select
 from toolkit.config import LEGACY
 from toolkit.errors import InvalidInput, UnknownJob
 from toolkit.rollout.arms import ArmStats, collect
-from toolkit.rollout.gates import (
-    Gate,
-    RolloutPlan,
-    Verdict,
-    latency_gate,
-    pct,
-    plan_for,
-    success_gate,
-)
+from toolkit.rollout.gates import Gate, gates, pct
 from toolkit.rollout.latency import Samples
+from toolkit.rollout.plan import RolloutPlan, plan_for
 from toolkit.rollout.queries import Key, Window
 from toolkit.rollout.stats import (
     Interval,
@@ -231,61 +224,46 @@ def _text(d: dict[str, Any]) -> str:
 def scorecard(
     plan: RolloutPlan, new: ArmStats, legacy: ArmStats, backend: str | None
 ) -> list[Gate]:
-    """The migration's success metrics for the new backend of one job."""
+    """The migration's success metrics for the new backend of one job: a selection of the
+    rollout gates (:data:`toolkit.rollout.gates.RULES`), so the report and ``rollout advance``
+    give the same verdict on the same runs; only the names and the numbers shown differ."""
     label = backend or "new backend"
-    timeouts = Gate(
-        "runs failed by timeouts = 0",
-        Verdict.INCONCLUSIVE
-        if new.finished == 0
-        else (Verdict.PASS if new.timeouts == 0 else Verdict.FAIL),
-        {"timeouts": new.timeouts, "text": f"{new.timeouts} of {new.finished} finished on {label}"},
-        _text,
+    timeouts, latency, completion, credit, heartbeats = gates(
+        ("timeouts", "latency", "success", "credit", "heartbeats"),
+        plan,
+        new.counts(),
+        legacy.counts(),
+        0.0,
     )
-    latency = latency_gate(plan, new.counts())
-    completion = success_gate(plan, new.counts(), legacy.counts())
     new_rate = new.credit_errors / new.finished if new.finished else None
-    old_rate = legacy.credit_errors / legacy.finished if legacy.finished else 0.0
-    credit_verdict = (
-        Verdict.INCONCLUSIVE
-        if new_rate is None
-        else Verdict.PASS
-        if new.credit_errors == 0 or new_rate <= old_rate
-        else Verdict.FAIL
-    )
-    credit = Gate(
-        "no increase in credit-handling errors",
-        credit_verdict,
-        {
-            "new": new.credit_errors,
-            "legacy": legacy.credit_errors,
-            "text": f"{label} {new.credit_errors} ({pct(new_rate)}) vs legacy "
-            f"{legacy.credit_errors} ({pct(old_rate if legacy.finished else None)})",
-        },
-        _text,
-    )
-    heartbeat_verdict = (
-        Verdict.INCONCLUSIVE
-        if new.started == 0
-        else (Verdict.PASS if new.missing_heartbeats == 0 else Verdict.FAIL)
-    )
-    heartbeats = Gate(
-        "heartbeats delivered",
-        heartbeat_verdict,
-        {
-            "missing": new.missing_heartbeats,
-            "started": new.started,
-            "text": f"{new.missing_heartbeats} of {new.started} started runs without a heartbeat",
-        },
-        _text,
-    )
+    old_rate = legacy.credit_errors / legacy.finished if legacy.finished else None
     return [
-        timeouts,
-        _renamed(latency, f"queue-to-processing p95 < {plan.target_seconds:g} s"),
-        _renamed(completion, "completion rate same or better"),
-        credit,
-        heartbeats,
+        _shown(
+            timeouts,
+            "runs failed by timeouts = 0",
+            {
+                "timeouts": new.timeouts,
+                "text": f"{new.timeouts} of {new.finished} finished on {label}",
+            },
+        ),
+        _shown(latency, f"queue-to-processing p95 < {plan.target_seconds:g} s"),
+        _shown(completion, "completion rate same or better"),
+        _shown(
+            credit,
+            "no increase in credit-handling errors",
+            {
+                "new": new.credit_errors,
+                "legacy": legacy.credit_errors,
+                "text": f"{label} {new.credit_errors} ({pct(new_rate)}) vs legacy "
+                f"{legacy.credit_errors} ({pct(old_rate)})",
+            },
+        ),
+        _shown(heartbeats, "heartbeats delivered"),
     ]
 
 
-def _renamed(gate: Gate, name: str) -> Gate:
-    return Gate(name, gate.verdict, gate.detail, gate.render)
+def _shown(gate: Gate, name: str, detail: dict[str, Any] | None = None) -> Gate:
+    """The gate's verdict under the scorecard's name, with the numbers the report shows."""
+    if detail is None:
+        return Gate(name, gate.verdict, gate.detail, gate.render, gate.key)
+    return Gate(name, gate.verdict, detail, _text, gate.key)
