@@ -62,7 +62,7 @@ def seed_mixed(tk: Toolkit) -> None:
 def test_arms_counts_rates_latencies_and_credit_errors(tk: Toolkit) -> None:
     register(tk)
     seed_mixed(tk)
-    report = build(tk, since=SINCE, until=UNTIL)
+    report = build(tk.db, tk.jobs, since=SINCE, until=UNTIL)
     [job] = report.jobs
     assert job.job == JOB and job.new_backend == "inngest"
     legacy, new = job.arm("legacy"), job.arm("inngest")
@@ -113,7 +113,7 @@ def test_scorecard_with_enough_runs(tk: Toolkit) -> None:
             *arm("inngest", 40, failed=1, queue=12.0, error=TIMEOUT),
         ],
     )
-    job = build(tk, since=SINCE, until=UNTIL).jobs[0]
+    job = build(tk.db, tk.jobs, since=SINCE, until=UNTIL).jobs[0]
     verdicts = {g.name: g.verdict for g in job.scorecard}
     assert verdicts["runs failed by timeouts = 0"] is Verdict.FAIL
     assert verdicts["queue-to-processing p95 < 5 s"] is Verdict.FAIL  # every run waited 12 s
@@ -128,12 +128,14 @@ def test_window_and_job_filter(tk: Toolkit) -> None:
     register(tk)
     insert_runs(tk, JOB, arm("legacy", 5, start=T0))
     insert_runs(tk, "other-job", arm("inngest", 3, start=T0))
-    narrow = build(tk, since=T0 + timedelta(seconds=15), until=T0 + timedelta(seconds=35))
+    narrow = build(
+        tk.db, tk.jobs, since=T0 + timedelta(seconds=15), until=T0 + timedelta(seconds=35)
+    )
     assert {(j.job, a.backend, a.runs) for j in narrow.jobs for a in j.arms} == {
         (JOB, "legacy", 2),
         ("other-job", "inngest", 1),
     }
-    only = build(tk, job="other-job", since=SINCE, until=UNTIL)
+    only = build(tk.db, tk.jobs, job="other-job", since=SINCE, until=UNTIL)
     assert [j.job for j in only.jobs] == ["other-job"]
     assert only.jobs[0].new_backend == "inngest" and only.jobs[0].comparisons == []
 
@@ -149,10 +151,10 @@ def test_rank_samples_are_capped_deterministically(tk: Toolkit) -> None:
     insert_runs(
         tk, JOB, [Seed(**{**s.__dict__, "id": rid}) for s, rid in zip(seeds, ids, strict=True)]
     )
-    [cmp] = build(tk, since=SINCE, until=UNTIL, sample_cap=50).jobs[0].comparisons
+    [cmp] = build(tk.db, tk.jobs, since=SINCE, until=UNTIL, sample_cap=50).jobs[0].comparisons
     assert cmp.sampled and cmp.queue_test is not None
     assert 40 <= cmp.queue_test.n_x <= 60 and 40 <= cmp.queue_test.n_y <= 60
-    again = build(tk, since=SINCE, until=UNTIL, sample_cap=50).jobs[0].comparisons[0]
+    again = build(tk.db, tk.jobs, since=SINCE, until=UNTIL, sample_cap=50).jobs[0].comparisons[0]
     assert again.queue_test == cmp.queue_test
 
 

@@ -20,6 +20,7 @@ import toolkit.rollout.controller
 from tests.report_fixture import Seed, arm, insert_runs, last_audit
 from toolkit import Toolkit
 from toolkit.cli import main
+from toolkit.cli.rollout_plan import controller as wired
 from toolkit.errors import ConfigError, InvalidInput, VersionConflict
 from toolkit.rollout.controller import (
     GatesFailed,
@@ -59,7 +60,7 @@ def in_an_hour() -> datetime:
 
 
 def controller(tk: Toolkit, clock: Callable[[], datetime] = in_an_hour) -> RolloutController:
-    return RolloutController(tk, clock=clock, sleep=lambda _s: None)
+    return wired(tk, clock=clock, sleep=lambda _s: None)
 
 
 def seed_step(
@@ -78,7 +79,7 @@ def seed_step(
     a step begun later (the next advance) does not see them. The controllers under test run
     an hour ahead, so the soak time has passed.
     """
-    began = RolloutController(tk).state(JOB).step_began
+    began = wired(tk).state(JOB).step_began
     assert began is not None
     start = began + timedelta(microseconds=1)
     insert_runs(
@@ -142,6 +143,25 @@ def test_step_began_follows_percentage_and_state_changes_only(tk: Toolkit) -> No
     assert ctl.state(JOB).step_began == began
     tk.set_killed(JOB, True, reason="incident")
     assert ctl.state(JOB).step_began != began
+
+
+def test_step_began_reads_the_audit_log_a_page_at_a_time(tk: Toolkit) -> None:
+    """More list edits than a page of the audit reader: the move behind them is still found,
+    and the reader returns only this flag's rollout entries, newest first."""
+    register(tk)
+    tk.set_rollout(JOB, 10, reason="canary")
+    began = wired(tk).state(JOB).step_began
+    for i in range(7):
+        tk.set_listed(JOB, f"tester-{i}", which="allow", reason="beta")
+    tk.set_rollout(JOB, 10, reason="same value")  # not a move
+    flag = tk.jobs.get(JOB).flag_key
+    entries = list(tk.audit.newest(flag, action_prefix="rollout.", page=3))
+    assert len(entries) == 9 and [e.id for e in entries] == sorted(
+        (e.id for e in entries), reverse=True
+    )
+    assert {e.target for e in entries} == {flag}
+    assert list(tk.audit.newest(flag, action_prefix="nothing.", page=3)) == []
+    assert wired(tk).state(JOB).step_began == began == entries[-1].at
 
 
 # --- advance --------------------------------------------------------------------------------------
@@ -250,7 +270,7 @@ def test_a_pause_during_the_evaluation_wins_over_the_advance(tk: Toolkit) -> Non
     def pausing_clock() -> datetime:
         calls["n"] += 1
         if calls["n"] == 1:
-            RolloutController(tk).set_paused(JOB, True, reason="operator, concurrently")
+            wired(tk).set_paused(JOB, True, reason="operator, concurrently")
         return in_an_hour()
 
     with pytest.raises(VersionConflict):
@@ -524,7 +544,7 @@ def test_report_scorecard_and_advance_agree_on_the_same_runs(
                 )
     now = in_an_hour()
     ev = controller(tk, clock=lambda: now).evaluate(JOB)
-    [job] = build(tk, job=JOB, since=began, until=now + timedelta(microseconds=1)).jobs
+    [job] = build(tk.db, tk.jobs, job=JOB, since=began, until=now + timedelta(microseconds=1)).jobs
     report = {SHARED[g.name]: g.verdict for g in job.scorecard if g.name in SHARED}
     advance = {g.name: g.verdict for g in ev.result.gates if g.name in SHARED.values()}
     assert report == advance and len(report) == 3

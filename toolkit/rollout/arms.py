@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -19,10 +19,8 @@ from toolkit.rollout.latency import Latencies, Samples
 from toolkit.rollout.plan import RolloutPlan
 from toolkit.rollout.queries import Key, Window
 from toolkit.rollout.stats import Interval, wilson
+from toolkit.store.engine import Database
 from toolkit.store.snapshot import snapshot
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
 
 
 @dataclass
@@ -111,7 +109,7 @@ class Collected:
 
 
 def collect(
-    tk: Toolkit,
+    db: Database,
     window: Window,
     jobs: Sequence[str] | None,
     targets: dict[str, float],
@@ -122,12 +120,13 @@ def collect(
     """Every figure over the window from one consistent read.
 
     The credit checks (and balances) need no arm, so they start at once on a worker connection
-    while the lead counts the arms. Then, on PostgreSQL, the worker pool scans the started
-    runs for queue times while the lead does the same for durations: two server processes
-    sort at once, and each scan also yields its half of the rank samples.
+    while the lead counts the arms. Then, where the snapshot reads in parallel (PostgreSQL), the
+    worker pool scans the started runs for queue times while the lead does the same for
+    durations: two server processes sort at once, and each scan also yields its half of the
+    rank samples.
     ``sample_cap`` None skips the rank samples; ``balances`` adds the negative balances.
     """
-    with snapshot(tk.db, workers=2) as snap:
+    with snapshot(db, workers=2) as snap:
         s = snap.session
         credit = snap.submit(lambda s2: _credit(s2, window, jobs, balances))
         counted, left = q.counts(s, window, jobs)
@@ -143,7 +142,7 @@ def collect(
                 s2, window, jobs, started, targets, default, metrics, limits
             )
 
-        if tk.db.is_postgres:
+        if snap.parallel:
             queue = snap.submit(scan(("queue",)))
             figures = scan(("duration",))(s).merged(queue.result())
         else:

@@ -15,12 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 
 from toolkit.config import LEGACY
 from toolkit.errors import InvalidInput, UnknownJob
+from toolkit.jobs import JobRegistry
 from toolkit.rollout.arms import ArmStats, collect
 from toolkit.rollout.gates import Gate, gates, pct
 from toolkit.rollout.latency import Samples
@@ -34,10 +35,8 @@ from toolkit.rollout.stats import (
     newcombe,
     two_proportion_z,
 )
+from toolkit.store.engine import Database
 from toolkit.store.models import Run, utcnow
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
 
 __all__ = ["LEGACY", "ArmStats", "Comparison", "JobReport", "Report", "build", "scorecard"]
 
@@ -121,15 +120,15 @@ class Report:
         }
 
 
-def _new_backend(tk: Toolkit, job: str, backends: Sequence[str]) -> str | None:
-    if job in tk.jobs:
-        return tk.jobs.get(job).target
+def _new_backend(jobs: JobRegistry, job: str, backends: Sequence[str]) -> str | None:
+    if job in jobs:
+        return jobs.get(job).target
     others = [b for b in backends if b != LEGACY]
     return others[0] if others else None
 
 
-def _plan(tk: Toolkit, job: str) -> RolloutPlan:
-    return plan_for(tk.jobs.get(job)) if job in tk.jobs else RolloutPlan()
+def _plan(jobs: JobRegistry, job: str) -> RolloutPlan:
+    return plan_for(jobs.get(job)) if job in jobs else RolloutPlan()
 
 
 def resolve_window(
@@ -144,31 +143,36 @@ def resolve_window(
     return Window(start, end)
 
 
-def check_job(tk: Toolkit, job: str) -> None:
+def check_job(db: Database, jobs: JobRegistry, job: str) -> None:
     """A job is known if the app declares it or the database has runs of it."""
-    if job in tk.jobs:
+    if job in jobs:
         return
-    with tk.db.transaction() as s:
+    with db.transaction() as s:
         if s.scalar(select(Run.id).where(Run.job == job).limit(1)) is not None:
             return
-    known = ", ".join(tk.jobs.names()) or "none registered; load your app with --app"
+    known = ", ".join(jobs.names()) or "none registered; load your app with --app"
     raise UnknownJob(f"unknown job {job!r}: no runs and not declared (known: {known})")
 
 
 def build(
-    tk: Toolkit,
+    db: Database,
+    jobs: JobRegistry,
     *,
     job: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     sample_cap: int = SAMPLE_CAP,
 ) -> Report:
+    """The report over ``since``..``until`` (default: the last 24 hours), every job or one.
+
+    ``db`` is only read, in one snapshot; ``jobs`` gives each job's plan and new backend.
+    """
     window = resolve_window(since, until)
     if job is not None:
-        check_job(tk, job)
-    targets = {spec.name: plan_for(spec).target_seconds for spec in tk.jobs}
+        check_job(db, jobs, job)
+    targets = {spec.name: plan_for(spec).target_seconds for spec in jobs}
     got = collect(
-        tk,
+        db,
         window,
         [job] if job is not None else None,
         targets,
@@ -179,8 +183,8 @@ def build(
     reports = []
     for name in names:
         mine = sorted((a for k, a in got.arms.items() if k[0] == name), key=_arm_order)
-        new = _new_backend(tk, name, [a.backend for a in mine])
-        plan = _plan(tk, name)
+        new = _new_backend(jobs, name, [a.backend for a in mine])
+        plan = _plan(jobs, name)
         report = JobReport(name, new, plan, mine, _compare(mine, got.samples), [])
         report.scorecard = scorecard(plan, report.arm(new), report.arm(LEGACY), new)
         reports.append(report)
