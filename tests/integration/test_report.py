@@ -4,8 +4,11 @@ the scorecard, the CLI (tables and --json), and bad input that exits 2."""
 from __future__ import annotations
 
 import json
+import random
+import shutil
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,10 +18,11 @@ from toolkit import Toolkit
 from toolkit.cli import main
 from toolkit.rollout import latency as rl
 from toolkit.rollout import queries as rq
+from toolkit.rollout.arms import collect
 from toolkit.rollout.gates import Verdict
 from toolkit.rollout.plan import RolloutPlan
 from toolkit.rollout.report import build
-from toolkit.rollout.stats import mann_whitney, newcombe, two_proportion_z, wilson
+from toolkit.rollout.stats import mann_whitney, newcombe, quantile, two_proportion_z, wilson
 
 JOB = "prediction-session"
 SINCE = T0 - timedelta(hours=1)
@@ -182,10 +186,57 @@ def test_credit_errors_in_one_statement(tk: Toolkit) -> None:
     insert_runs(tk, "other-job", [Seed("celery", "FAILED", at[8], **debited)])
     window = rq.Window(SINCE, UNTIL)
     with tk.db.transaction() as s:
-        every = rq.credit_errors(s, window, None)
-        mine = rq.credit_errors(s, window, [JOB])
+        every = rq.credit_errors(s, tk.db, window, None)
+        mine = rq.credit_errors(s, tk.db, window, [JOB])
     assert mine == {(JOB, "inngest"): (2, 1), (JOB, "legacy"): (0, 2)}
     assert every == {**mine, ("other-job", "celery"): (1, 0)}
+
+
+@pytest.mark.postgres
+def test_both_databases_give_the_same_percentiles_of_the_same_runs(
+    pg_url: str, tmp_path: Path, sqlite_template: Path
+) -> None:
+    """One definition of the p-th percentile (interpolated at rank p (n - 1)), whichever way
+    each database computes it: PostgreSQL's percentile_cont, SQLite's streamed stats.quantile.
+    Awkward sizes and uneven values, so every fraction interpolates between two runs."""
+    rng = random.Random(7)
+    seeds = [
+        Seed(
+            backend,
+            "COMPLETED",
+            T0 + timedelta(seconds=i),
+            round(rng.expovariate(0.3), 6),
+            round(rng.uniform(0.001, 90.0), 6),
+        )
+        for backend, n in (("legacy", 97), ("inngest", 13))
+        for i in range(n)
+    ]
+    lite = tmp_path / "agree.db"
+    shutil.copy(sqlite_template, lite)
+    figures = {}
+    for url in (f"sqlite:///{lite}", pg_url):
+        tk = Toolkit(url, legacy_mode="blocking")
+        try:
+            insert_runs(tk, JOB, seeds)
+            arms = collect(tk.db, rq.Window(SINCE, UNTIL), None, {JOB: 5.0}).arms
+            figures[tk.db.sql.name] = {k: a.latencies for k, a in arms.items()}
+        finally:
+            tk.close()
+    lite_figures, pg_figures = figures["sqlite"], figures["postgresql"]
+    assert lite_figures.keys() == pg_figures.keys() == {(JOB, "legacy"), (JOB, "inngest")}
+    for key, got in pg_figures.items():
+        mine = [x for x in seeds if x.backend == key[1]]
+        queue = sorted(float(x.queue or 0) for x in mine)
+        duration = sorted(float(x.duration or 0) for x in mine)
+        want = (
+            [quantile(queue, f) for f in rl.FRACTIONS],
+            [quantile(duration, f) for f in rl.FRACTIONS],
+        )
+        for latencies in (got, lite_figures[key]):
+            assert list(latencies.queue) == pytest.approx(want[0], abs=1e-5), key
+            assert list(latencies.duration) == pytest.approx(want[1], abs=1e-5), key
+        assert got.queue_over_target == lite_figures[key].queue_over_target
+        assert got.queue_over_target == sum(q > 5.0 for q in queue)
 
 
 @pytest.mark.postgres
@@ -206,11 +257,20 @@ def test_postgres_percentiles_and_samples_equal_the_python_definition(
         # legacy sampled down to about half its runs, inngest whole, other-job not sampled
         limits = {(JOB, "legacy"): rl.sample_limit(11, 5), (JOB, "inngest"): None}
         with tk.db.transaction() as s:
-            sql = rl._latencies_pg(s, window, None, groups, targets, 10.0, rl.METRICS, limits)
+            db = tk.db
+            percentiles = db.sql.percentiles(rl.FRACTIONS)
+            assert percentiles is not None
+            sql = rl._latencies_sql(
+                s, db, percentiles, window, None, groups, targets, 10.0, rl.METRICS, limits
+            )
             python = rl._latencies_python(s, window, None, groups, targets, 10.0, limits)
-            queue = rl._latencies_pg(s, window, None, groups, targets, 10.0, ("queue",), limits)
+            queue = rl._latencies_sql(
+                s, db, percentiles, window, None, groups, targets, 10.0, ("queue",), limits
+            )
             jobs = [JOB, "other-job"]
-            duration = rl.latencies(s, window, jobs, groups, targets, 10.0, ("duration",), limits)
+            duration = rl.latencies(
+                s, db, window, jobs, groups, targets, 10.0, ("duration",), limits
+            )
         assert sql.latencies.keys() == python.latencies.keys() == set(groups)
         # one statement per metric (as the report runs them side by side) = both at once
         assert queue.merged(duration).latencies == sql.latencies

@@ -128,7 +128,7 @@ def collect(
     """
     with snapshot(db, workers=2) as snap:
         s = snap.session
-        credit = snap.submit(lambda s2: _credit(s2, window, jobs, balances))
+        credit = snap.submit(lambda s2: _credit(s2, db, window, jobs, balances))
         counted, left = q.counts(s, window, jobs)
         arms = {k: _arm(k, c) for k, c in counted.items()}
         started = {k: a.started for k, a in arms.items() if a.started}
@@ -139,7 +139,7 @@ def collect(
 
         def scan(metrics: Sequence[str]) -> Callable[[Session], lat.Figures]:
             return lambda s2: lat.latencies(
-                s2, window, jobs, started, targets, default, metrics, limits
+                s2, db, window, jobs, started, targets, default, metrics, limits
             )
 
         if snap.parallel:
@@ -160,9 +160,9 @@ def collect(
 
 
 def _credit(
-    s: Session, window: Window, jobs: Sequence[str] | None, balances: bool
+    s: Session, db: Database, window: Window, jobs: Sequence[str] | None, balances: bool
 ) -> tuple[dict[Key, tuple[int, int]], list[str]]:
-    return q.credit_errors(s, window, jobs), q.negative_balances(s) if balances else []
+    return q.credit_errors(s, db, window, jobs), q.negative_balances(s) if balances else []
 
 
 def _compared(arms: dict[Key, ArmStats]) -> list[Key]:
