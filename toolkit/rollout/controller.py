@@ -21,6 +21,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from openfeature.provider import FeatureProvider
+
 from toolkit.config import LEGACY
 from toolkit.errors import (
     GatesFailed,
@@ -111,7 +113,7 @@ class RolloutController:
         rollouts: RolloutStore,
         runs: RunQueries,
         audit: AuditLog,
-        provider: object = None,
+        provider: FeatureProvider | None = None,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
