@@ -232,7 +232,7 @@ def variants(
     window = {"since": since, "until": until}
 
     def report() -> Any:
-        result = build(tk, since=since, until=until)
+        result = build(tk.db, tk.jobs, since=since, until=until)
         return json.dumps(result.as_dict())
 
     def raw_aggregate(work_mem: str | None = None) -> Any:
@@ -260,7 +260,7 @@ def sanity(
     tk: Toolkit, conn: psycopg.Connection[Any], since: datetime, until: datetime
 ) -> dict[str, Any]:
     """The report and the raw SQL agree on runs, statuses and percentiles."""
-    report = build(tk, since=since, until=until)
+    report = build(tk.db, tk.jobs, since=since, until=until)
     raw = conn.execute(RAW_AGGREGATE, {"since": since, "until": until}).fetchall()
     conn.commit()
     ours = {(j.job, a.backend): a for j in report.jobs for a in j.arms}

@@ -4,8 +4,11 @@ the scorecard, the CLI (tables and --json), and bad input that exits 2."""
 from __future__ import annotations
 
 import json
+import random
+import shutil
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypedDict
 
 import pytest
@@ -15,9 +18,11 @@ from toolkit import Toolkit
 from toolkit.cli import main
 from toolkit.rollout import latency as rl
 from toolkit.rollout import queries as rq
-from toolkit.rollout.gates import RolloutPlan, Verdict
+from toolkit.rollout.arms import collect
+from toolkit.rollout.gates import Verdict
+from toolkit.rollout.plan import RolloutPlan
 from toolkit.rollout.report import build
-from toolkit.rollout.stats import mann_whitney, newcombe, two_proportion_z, wilson
+from toolkit.rollout.stats import mann_whitney, newcombe, quantile, two_proportion_z, wilson
 
 JOB = "prediction-session"
 SINCE = T0 - timedelta(hours=1)
@@ -61,7 +66,7 @@ def seed_mixed(tk: Toolkit) -> None:
 def test_arms_counts_rates_latencies_and_credit_errors(tk: Toolkit) -> None:
     register(tk)
     seed_mixed(tk)
-    report = build(tk, since=SINCE, until=UNTIL)
+    report = build(tk.db, tk.jobs, since=SINCE, until=UNTIL)
     [job] = report.jobs
     assert job.job == JOB and job.new_backend == "inngest"
     legacy, new = job.arm("legacy"), job.arm("inngest")
@@ -112,7 +117,7 @@ def test_scorecard_with_enough_runs(tk: Toolkit) -> None:
             *arm("inngest", 40, failed=1, queue=12.0, error=TIMEOUT),
         ],
     )
-    job = build(tk, since=SINCE, until=UNTIL).jobs[0]
+    job = build(tk.db, tk.jobs, since=SINCE, until=UNTIL).jobs[0]
     verdicts = {g.name: g.verdict for g in job.scorecard}
     assert verdicts["runs failed by timeouts = 0"] is Verdict.FAIL
     assert verdicts["queue-to-processing p95 < 5 s"] is Verdict.FAIL  # every run waited 12 s
@@ -127,12 +132,14 @@ def test_window_and_job_filter(tk: Toolkit) -> None:
     register(tk)
     insert_runs(tk, JOB, arm("legacy", 5, start=T0))
     insert_runs(tk, "other-job", arm("inngest", 3, start=T0))
-    narrow = build(tk, since=T0 + timedelta(seconds=15), until=T0 + timedelta(seconds=35))
+    narrow = build(
+        tk.db, tk.jobs, since=T0 + timedelta(seconds=15), until=T0 + timedelta(seconds=35)
+    )
     assert {(j.job, a.backend, a.runs) for j in narrow.jobs for a in j.arms} == {
         (JOB, "legacy", 2),
         ("other-job", "inngest", 1),
     }
-    only = build(tk, job="other-job", since=SINCE, until=UNTIL)
+    only = build(tk.db, tk.jobs, job="other-job", since=SINCE, until=UNTIL)
     assert [j.job for j in only.jobs] == ["other-job"]
     assert only.jobs[0].new_backend == "inngest" and only.jobs[0].comparisons == []
 
@@ -148,10 +155,10 @@ def test_rank_samples_are_capped_deterministically(tk: Toolkit) -> None:
     insert_runs(
         tk, JOB, [Seed(**{**s.__dict__, "id": rid}) for s, rid in zip(seeds, ids, strict=True)]
     )
-    [cmp] = build(tk, since=SINCE, until=UNTIL, sample_cap=50).jobs[0].comparisons
+    [cmp] = build(tk.db, tk.jobs, since=SINCE, until=UNTIL, sample_cap=50).jobs[0].comparisons
     assert cmp.sampled and cmp.queue_test is not None
     assert 40 <= cmp.queue_test.n_x <= 60 and 40 <= cmp.queue_test.n_y <= 60
-    again = build(tk, since=SINCE, until=UNTIL, sample_cap=50).jobs[0].comparisons[0]
+    again = build(tk.db, tk.jobs, since=SINCE, until=UNTIL, sample_cap=50).jobs[0].comparisons[0]
     assert again.queue_test == cmp.queue_test
 
 
@@ -186,10 +193,57 @@ def test_credit_errors_in_one_statement(tk: Toolkit) -> None:
     insert_runs(tk, "other-job", [Seed("celery", "FAILED", at[8], **debited)])
     window = rq.Window(SINCE, UNTIL)
     with tk.db.transaction() as s:
-        every = rq.credit_errors(s, window, None)
-        mine = rq.credit_errors(s, window, [JOB])
+        every = rq.credit_errors(s, tk.db, window, None)
+        mine = rq.credit_errors(s, tk.db, window, [JOB])
     assert mine == {(JOB, "inngest"): (2, 1), (JOB, "legacy"): (0, 2)}
     assert every == {**mine, ("other-job", "celery"): (1, 0)}
+
+
+@pytest.mark.postgres
+def test_both_databases_give_the_same_percentiles_of_the_same_runs(
+    pg_url: str, tmp_path: Path, sqlite_template: Path
+) -> None:
+    """One definition of the p-th percentile (interpolated at rank p (n - 1)), whichever way
+    each database computes it: PostgreSQL's percentile_cont, SQLite's streamed stats.quantile.
+    Awkward sizes and uneven values, so every fraction interpolates between two runs."""
+    rng = random.Random(7)
+    seeds = [
+        Seed(
+            backend,
+            "COMPLETED",
+            T0 + timedelta(seconds=i),
+            round(rng.expovariate(0.3), 6),
+            round(rng.uniform(0.001, 90.0), 6),
+        )
+        for backend, n in (("legacy", 97), ("inngest", 13))
+        for i in range(n)
+    ]
+    lite = tmp_path / "agree.db"
+    shutil.copy(sqlite_template, lite)
+    figures = {}
+    for url in (f"sqlite:///{lite}", pg_url):
+        tk = Toolkit(url, legacy_mode="blocking")
+        try:
+            insert_runs(tk, JOB, seeds)
+            arms = collect(tk.db, rq.Window(SINCE, UNTIL), None, {JOB: 5.0}).arms
+            figures[tk.db.sql.name] = {k: a.latencies for k, a in arms.items()}
+        finally:
+            tk.close()
+    lite_figures, pg_figures = figures["sqlite"], figures["postgresql"]
+    assert lite_figures.keys() == pg_figures.keys() == {(JOB, "legacy"), (JOB, "inngest")}
+    for key, got in pg_figures.items():
+        mine = [x for x in seeds if x.backend == key[1]]
+        queue = sorted(float(x.queue or 0) for x in mine)
+        duration = sorted(float(x.duration or 0) for x in mine)
+        want = (
+            [quantile(queue, f) for f in rl.FRACTIONS],
+            [quantile(duration, f) for f in rl.FRACTIONS],
+        )
+        for latencies in (got, lite_figures[key]):
+            assert list(latencies.queue) == pytest.approx(want[0], abs=1e-5), key
+            assert list(latencies.duration) == pytest.approx(want[1], abs=1e-5), key
+        assert got.queue_over_target == lite_figures[key].queue_over_target
+        assert got.queue_over_target == sum(q > 5.0 for q in queue)
 
 
 @pytest.mark.postgres
@@ -210,11 +264,20 @@ def test_postgres_percentiles_and_samples_equal_the_python_definition(
         # legacy sampled down to about half its runs, inngest whole, other-job not sampled
         limits = {(JOB, "legacy"): rl.sample_limit(11, 5), (JOB, "inngest"): None}
         with tk.db.transaction() as s:
-            sql = rl._latencies_pg(s, window, None, groups, targets, 10.0, rl.METRICS, limits)
+            db = tk.db
+            percentiles = db.sql.percentiles(rl.FRACTIONS)
+            assert percentiles is not None
+            sql = rl._latencies_sql(
+                s, db, percentiles, window, None, groups, targets, 10.0, rl.METRICS, limits
+            )
             python = rl._latencies_python(s, window, None, groups, targets, 10.0, limits)
-            queue = rl._latencies_pg(s, window, None, groups, targets, 10.0, ("queue",), limits)
+            queue = rl._latencies_sql(
+                s, db, percentiles, window, None, groups, targets, 10.0, ("queue",), limits
+            )
             jobs = [JOB, "other-job"]
-            duration = rl.latencies(s, window, jobs, groups, targets, 10.0, ("duration",), limits)
+            duration = rl.latencies(
+                s, db, window, jobs, groups, targets, 10.0, ("duration",), limits
+            )
         assert sql.latencies.keys() == python.latencies.keys() == set(groups)
         # one statement per metric (as the report runs them side by side) = both at once
         assert queue.merged(duration).latencies == sql.latencies

@@ -12,13 +12,16 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import insert, select
 
 import toolkit.rollout.controller
 from tests.report_fixture import Seed, arm, insert_runs, last_audit
 from toolkit import Toolkit
 from toolkit.cli import main
+from toolkit.cli.rollout_plan import controller as wired
 from toolkit.errors import ConfigError, InvalidInput, VersionConflict
 from toolkit.rollout.controller import (
     GatesFailed,
@@ -29,8 +32,10 @@ from toolkit.rollout.controller import (
     StepComplete,
     Tick,
 )
-from toolkit.rollout.gates import RolloutPlan, Verdict
-from toolkit.store.models import utcnow
+from toolkit.rollout.gates import Verdict
+from toolkit.rollout.plan import RolloutPlan
+from toolkit.rollout.report import build
+from toolkit.store.models import CreditEntry, Run, utcnow
 
 JOB = "prediction-session"
 PLAN = RolloutPlan(min_runs=20, min_soak="10m")
@@ -56,7 +61,7 @@ def in_an_hour() -> datetime:
 
 
 def controller(tk: Toolkit, clock: Callable[[], datetime] = in_an_hour) -> RolloutController:
-    return RolloutController(tk, clock=clock, sleep=lambda _s: None)
+    return wired(tk, clock=clock, sleep=lambda _s: None)
 
 
 def seed_step(
@@ -75,7 +80,7 @@ def seed_step(
     a step begun later (the next advance) does not see them. The controllers under test run
     an hour ahead, so the soak time has passed.
     """
-    began = RolloutController(tk).state(JOB).step_began
+    began = wired(tk).state(JOB).step_began
     assert began is not None
     start = began + timedelta(microseconds=1)
     insert_runs(
@@ -139,6 +144,25 @@ def test_step_began_follows_percentage_and_state_changes_only(tk: Toolkit) -> No
     assert ctl.state(JOB).step_began == began
     tk.set_killed(JOB, True, reason="incident")
     assert ctl.state(JOB).step_began != began
+
+
+def test_step_began_reads_the_audit_log_a_page_at_a_time(tk: Toolkit) -> None:
+    """More list edits than a page of the audit reader: the move behind them is still found,
+    and the reader returns only this flag's rollout entries, newest first."""
+    register(tk)
+    tk.set_rollout(JOB, 10, reason="canary")
+    began = wired(tk).state(JOB).step_began
+    for i in range(7):
+        tk.set_listed(JOB, f"tester-{i}", which="allow", reason="beta")
+    tk.set_rollout(JOB, 10, reason="same value")  # not a move
+    flag = tk.jobs.get(JOB).flag_key
+    entries = list(tk.audit.newest(flag, action_prefix="rollout.", page=3))
+    assert len(entries) == 9 and [e.id for e in entries] == sorted(
+        (e.id for e in entries), reverse=True
+    )
+    assert {e.target for e in entries} == {flag}
+    assert list(tk.audit.newest(flag, action_prefix="nothing.", page=3)) == []
+    assert wired(tk).state(JOB).step_began == began == entries[-1].at
 
 
 # --- advance --------------------------------------------------------------------------------------
@@ -248,7 +272,7 @@ def test_a_pause_during_the_evaluation_wins_over_the_advance(tk: Toolkit) -> Non
     def pausing_clock() -> datetime:
         calls["n"] += 1
         if calls["n"] == 1:
-            RolloutController(tk).set_paused(JOB, True, reason="operator, concurrently")
+            wired(tk).set_paused(JOB, True, reason="operator, concurrently")
         return in_an_hour()
 
     with pytest.raises(VersionConflict):
@@ -472,3 +496,67 @@ def test_cli_bad_input_exits_2_and_changes_nothing(
     assert code == 2, err
     assert message in err and err.count("\n") == 1 and "Traceback" not in out + err
     assert snapshot(capsys) == before
+
+
+# --- the report and advance decide alike ----------------------------------------------------------
+
+# The report's scorecard presents these rollout gates under the seed's metric names.
+SHARED = {
+    "completion rate same or better": "success rate",
+    "queue-to-processing p95 < 10 s": "queue-to-start p95",
+    "no increase in credit-handling errors": "credit errors",
+}
+
+
+@pytest.mark.parametrize(
+    ("new_errors", "legacy_errors", "credit"),
+    [
+        (0, 0, Verdict.PASS),
+        (1, 10, Verdict.FAIL),  # 2.5 % on the new arm, 5 % on legacy: "same or better" once
+        (4, 2, Verdict.FAIL),  # 10 % against 1 %: a higher rate
+    ],
+)
+def test_report_scorecard_and_advance_agree_on_the_same_runs(
+    tk: Toolkit, new_errors: int, legacy_errors: int, credit: Verdict
+) -> None:
+    """Failed debited runs without a refund are credit errors; the scorecard's verdicts are the
+    advance gates' verdicts on the same runs, and advance refuses whenever the report fails."""
+    register(tk)
+    ctl = controller(tk)
+    ctl.advance(JOB)
+    began = ctl.state(JOB).step_began
+    assert began is not None
+    start = began + timedelta(microseconds=1)
+    every = timedelta(microseconds=1)
+    money: dict[str, Any] = {"account": "a", "debit": 5}
+    insert_runs(
+        tk,
+        JOB,
+        arm("inngest", 40, start=start, every=every, failed=new_errors, **money)
+        + arm("legacy", 200, start=start, every=every, failed=max(legacy_errors, 10), **money),
+    )
+    if legacy_errors < 10:  # the other failed legacy runs were refunded
+        with tk.db.transaction() as s:
+            failed = s.scalars(
+                select(Run.id).where(Run.backend == "legacy", Run.status == "FAILED")
+            ).all()
+            for rid in failed[legacy_errors:]:
+                s.execute(
+                    insert(CreditEntry).values(
+                        account="a", run_id=rid, kind="REFUND", amount=5, reason="seed"
+                    )
+                )
+    now = in_an_hour()
+    ev = controller(tk, clock=lambda: now).evaluate(JOB)
+    [job] = build(tk.db, tk.jobs, job=JOB, since=began, until=now + timedelta(microseconds=1)).jobs
+    report = {SHARED[g.name]: g.verdict for g in job.scorecard if g.name in SHARED}
+    advance = {g.name: g.verdict for g in ev.result.gates if g.name in SHARED.values()}
+    assert report == advance and len(report) == 3
+    keys = {g.key: g.verdict for g in job.scorecard}  # the same rules, whatever the names
+    assert all(keys[g.key] is g.verdict for g in ev.result.gates if g.key in keys)
+    assert report["credit errors"] is credit
+    assert job.arm("inngest").credit_errors == new_errors
+    assert job.arm("legacy").credit_errors == legacy_errors
+    if credit is Verdict.FAIL:
+        with pytest.raises(GatesFailed, match="credit errors"):
+            controller(tk, clock=lambda: now).advance(JOB)

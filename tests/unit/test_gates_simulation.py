@@ -16,7 +16,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from toolkit.rollout.gates import Action, ArmCounts, RolloutPlan, Verdict, decide, evaluate
+from toolkit.rollout.gates import Action, ArmCounts, Verdict, decide, evaluate
+from toolkit.rollout.plan import RolloutPlan
 
 ROLLOUTS = 500
 RUNS_PER_EVALUATION = 50

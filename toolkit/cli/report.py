@@ -175,7 +175,8 @@ def group(obj: CliContext, job: str | None, since: str, until: str | None, as_js
     """Compare each new backend with legacy: rates, intervals, latencies, scorecard."""
     start = parse_time(since, "--since")
     end = parse_time(until, "--until")
-    report = build(obj.toolkit, job=job, since=start, until=end)
+    tk = obj.toolkit
+    report = build(tk.db, tk.jobs, job=job, since=start, until=end)
     if as_json:
         emit_json(report.as_dict())
         return

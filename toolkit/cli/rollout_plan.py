@@ -3,10 +3,12 @@ aftermath of a rollback. Registered on the ``rollout`` group by :mod:`toolkit.cl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 import click
 
+from toolkit.app import Toolkit
 from toolkit.cli.context import CliContext, pass_ctx
 from toolkit.cli.render import console, emit_json, percentage, status, table, when
 from toolkit.cli.report import gates_table, verdict
@@ -21,6 +23,28 @@ from toolkit.rollout.controller import (
     Tick,
 )
 from toolkit.rollout.gates import Action, step_text
+from toolkit.store.models import utcnow
+
+
+def controller(
+    tk: Toolkit,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    sleep: Callable[[float], None] | None = None,
+) -> RolloutController:
+    """The controller wired from the Toolkit's parts: only the CLI and the app know the Toolkit,
+    the controller receives what it reads and writes."""
+    return RolloutController(
+        db=tk.db,
+        jobs=tk.jobs,
+        rollouts=tk.rollouts,
+        runs=tk.runs,
+        audit=tk.audit,
+        provider=tk.provider,
+        clock=clock,
+        sleep=sleep,
+    )
+
 
 _REASON = click.option("--reason", required=True, help="Why: recorded in the audit log.")
 _ACTOR = click.option("--actor", default=None, help="Who (default $TOOLKIT_ACTOR or the OS user).")
@@ -71,7 +95,7 @@ def render_rollback(result: RollbackResult, verb: str) -> None:
 def rollback_command(
     obj: CliContext, job: str, reason: str, actor: str | None, ramp: bool, as_json: bool
 ) -> None:
-    result = RolloutController(obj.toolkit).rollback(job, reason=reason, actor=actor, ramp=ramp)
+    result = controller(obj.toolkit).rollback(job, reason=reason, actor=actor, ramp=ramp)
     if as_json:
         emit_json(result.as_dict())
     else:
@@ -84,7 +108,7 @@ def rollback_command(
 @pass_ctx
 def gates(obj: CliContext, job: str, as_json: bool) -> None:
     """Evaluate JOB's gates on the current step's runs, changing nothing."""
-    ev = RolloutController(obj.toolkit).evaluate(job)
+    ev = controller(obj.toolkit).evaluate(job)
     if as_json:
         emit_json(ev.as_dict())
     else:
@@ -103,7 +127,7 @@ def advance(
 ) -> None:
     """Move JOB one step along its plan when the gates pass; otherwise refuse (exit 1)."""
     try:
-        moved = RolloutController(obj.toolkit).advance(job, force=force, reason=reason, actor=actor)
+        moved = controller(obj.toolkit).advance(job, force=force, reason=reason, actor=actor)
     except (GatesFailed, GatesInconclusive) as exc:
         if as_json:
             emit_json(exc.evaluation.as_dict())
@@ -131,7 +155,7 @@ def _hold(paused: bool):  # type: ignore[no-untyped-def]
     @_ACTOR
     @pass_ctx
     def command(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
-        view = RolloutController(obj.toolkit).set_paused(job, paused, reason=reason, actor=actor)
+        view = controller(obj.toolkit).set_paused(job, paused, reason=reason, actor=actor)
         console().print(
             f"[green]{verb}d[/] {job}: {percentage(view.percentage)} "
             f"({'paused' if view.paused else 'not paused'}, version {view.version})"
@@ -191,7 +215,7 @@ def watch(
 ) -> None:
     """Evaluate JOB's gates on a timer; roll back (and exit 1) after --failures failing ones."""
     seconds = parse_duration(interval, what="--interval")
-    controller = RolloutController(obj.toolkit)
+    ctl = controller(obj.toolkit)
     out = console()
     seen = {"evaluations": 0}
 
@@ -211,7 +235,7 @@ def watch(
             out.print(_tick_line(tick))
 
     try:
-        result = controller.watch(
+        result = ctl.watch(
             job,
             interval=seconds,
             auto_advance=auto_advance,

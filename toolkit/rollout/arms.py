@@ -7,21 +7,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from toolkit.config import LEGACY
 from toolkit.rollout import latency as lat
 from toolkit.rollout import queries as q
-from toolkit.rollout.gates import ArmCounts, RolloutPlan
+from toolkit.rollout.gates import ArmCounts
 from toolkit.rollout.latency import Latencies, Samples
+from toolkit.rollout.plan import RolloutPlan
 from toolkit.rollout.queries import Key, Window
 from toolkit.rollout.stats import Interval, wilson
+from toolkit.store.engine import Database
 from toolkit.store.snapshot import snapshot
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
 
 
 @dataclass
@@ -69,6 +68,8 @@ class ArmStats:
             queue_p95=self.latencies.queue[1],
             queue_over_target=self.latencies.queue_over_target,
             credit_errors=self.credit_errors,
+            timeouts=self.timeouts,
+            missing_heartbeats=self.missing_heartbeats,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -108,7 +109,7 @@ class Collected:
 
 
 def collect(
-    tk: Toolkit,
+    db: Database,
     window: Window,
     jobs: Sequence[str] | None,
     targets: dict[str, float],
@@ -119,14 +120,15 @@ def collect(
     """Every figure over the window from one consistent read.
 
     The credit checks (and balances) need no arm, so they start at once on a worker connection
-    while the lead counts the arms. Then, on PostgreSQL, the worker pool scans the started
-    runs for queue times while the lead does the same for durations: two server processes
-    sort at once, and each scan also yields its half of the rank samples.
+    while the lead counts the arms. Then, where the snapshot reads in parallel (PostgreSQL), the
+    worker pool scans the started runs for queue times while the lead does the same for
+    durations: two server processes sort at once, and each scan also yields its half of the
+    rank samples.
     ``sample_cap`` None skips the rank samples; ``balances`` adds the negative balances.
     """
-    with snapshot(tk.db, workers=2) as snap:
+    with snapshot(db, workers=2) as snap:
         s = snap.session
-        credit = snap.submit(lambda s2: _credit(s2, window, jobs, balances))
+        credit = snap.submit(lambda s2: _credit(s2, db, window, jobs, balances))
         counted, left = q.counts(s, window, jobs)
         arms = {k: _arm(k, c) for k, c in counted.items()}
         started = {k: a.started for k, a in arms.items() if a.started}
@@ -137,10 +139,10 @@ def collect(
 
         def scan(metrics: Sequence[str]) -> Callable[[Session], lat.Figures]:
             return lambda s2: lat.latencies(
-                s2, window, jobs, started, targets, default, metrics, limits
+                s2, db, window, jobs, started, targets, default, metrics, limits
             )
 
-        if tk.db.is_postgres:
+        if snap.parallel:
             queue = snap.submit(scan(("queue",)))
             figures = scan(("duration",))(s).merged(queue.result())
         else:
@@ -158,9 +160,9 @@ def collect(
 
 
 def _credit(
-    s: Session, window: Window, jobs: Sequence[str] | None, balances: bool
+    s: Session, db: Database, window: Window, jobs: Sequence[str] | None, balances: bool
 ) -> tuple[dict[Key, tuple[int, int]], list[str]]:
-    return q.credit_errors(s, window, jobs), q.negative_balances(s) if balances else []
+    return q.credit_errors(s, db, window, jobs), q.negative_balances(s) if balances else []
 
 
 def _compared(arms: dict[Key, ArmStats]) -> list[Key]:

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import select
+from openfeature.provider import FeatureProvider
 
 from toolkit.config import LEGACY
 from toolkit.errors import (
@@ -35,17 +35,17 @@ from toolkit.errors import (
     VersionConflict,
 )
 from toolkit.flags.provider import RolloutProvider
+from toolkit.jobs import JobRegistry
 from toolkit.rollout.arms import ArmStats, collect
 from toolkit.rollout.gates import (
     Action,
     Evaluation,
-    RolloutPlan,
     Verdict,
     decide,
     evaluate,
-    plan_for,
     step_text,
 )
+from toolkit.rollout.plan import RolloutPlan, plan_for
 from toolkit.rollout.queries import Window
 from toolkit.rollout.types import (
     Moved,
@@ -55,13 +55,11 @@ from toolkit.rollout.types import (
     Tick,
     WatchResult,
 )
-from toolkit.store.audit import default_actor
-from toolkit.store.models import AuditEntry, RunStatus, utcnow
-from toolkit.store.rollouts import RolloutView
-from toolkit.store.runs import RunView
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
+from toolkit.store.audit import AuditLog, default_actor
+from toolkit.store.engine import Database
+from toolkit.store.models import RunStatus, utcnow
+from toolkit.store.rollouts import RolloutStore, RolloutView
+from toolkit.store.runs import RunQueries, RunView
 
 log = logging.getLogger("toolkit.rollout")
 
@@ -83,7 +81,6 @@ __all__ = [
 ]
 
 IN_FLIGHT_SHOWN = 20
-AUDIT_PAGE = 100
 
 
 # --- the controller -------------------------------------------------------------------------------
@@ -102,49 +99,50 @@ def _moved(before: Any, after: Any) -> bool:
 
 
 class RolloutController:
+    """Receives the parts it uses (the Toolkit wires them: :mod:`toolkit.cli.rollout_plan`).
+
+    ``db`` is only read (one snapshot per evaluation); every write goes through ``rollouts``,
+    which audits it; ``provider`` is told when a flag changed, if it caches flags.
+    """
+
     def __init__(
         self,
-        tk: Toolkit,
         *,
+        db: Database,
+        jobs: JobRegistry,
+        rollouts: RolloutStore,
+        runs: RunQueries,
+        audit: AuditLog,
+        provider: FeatureProvider | None = None,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
-        self._tk = tk
+        self._db = db
+        self._jobs = jobs
+        self._rollouts = rollouts
+        self._runs = runs
+        self._audit = audit
+        self._provider = provider
         self._clock = clock
         self._sleep = sleep or time.sleep  # looked up now: tests and Ctrl-C drills patch it
 
     # --- reading ---------------------------------------------------------------------------
 
     def plan(self, job: str) -> RolloutPlan:
-        return plan_for(self._tk.jobs.get(job))
+        return plan_for(self._jobs.get(job))
 
     def state(self, job: str) -> PlanState:
-        spec = self._tk.jobs.get(job)
-        return PlanState(
-            job, spec.target, plan_for(spec), self._tk.rollout(job), self._step_began(spec.flag_key)
-        )
+        spec = self._jobs.get(job)
+        view = self._rollouts.get(spec.flag_key, on_variant=spec.target)
+        return PlanState(job, spec.target, plan_for(spec), view, self._step_began(spec.flag_key))
 
     def _step_began(self, flag_key: str) -> datetime | None:
-        """Newest first, a page at a time (keyset): list edits and pauses are skipped."""
-        before_id: int | None = None
-        with self._tk.db.transaction() as s:
-            while True:
-                query = (
-                    select(AuditEntry.id, AuditEntry.at, AuditEntry.before, AuditEntry.after)
-                    .where(AuditEntry.target == flag_key, AuditEntry.action.like("rollout.%"))
-                    .order_by(AuditEntry.id.desc())
-                    .limit(AUDIT_PAGE)
-                )
-                if before_id is not None:
-                    query = query.where(AuditEntry.id < before_id)
-                rows = s.execute(query).all()
-                for row in rows:
-                    if _moved(row.before, row.after):
-                        began: datetime = row.at
-                        return began
-                if len(rows) < AUDIT_PAGE:
-                    return None
-                before_id = rows[-1].id
+        """Newest first, through the audit log's keyset pages: list edits and pauses are
+        skipped."""
+        for entry in self._audit.newest(flag_key, action_prefix="rollout."):
+            if _moved(entry.before, entry.after):
+                return entry.at
+        return None
 
     def evaluate(self, job: str) -> StepEvaluation:
         return self._evaluate(self.state(job))
@@ -153,7 +151,7 @@ class RolloutController:
         now = self._clock()
         since = min(state.step_began or now, now)
         window = Window(since, now + timedelta(microseconds=1))  # runs created up to now
-        arms = collect(self._tk, window, [state.job], {state.job: state.plan.target_seconds}).arms
+        arms = collect(self._db, window, [state.job], {state.job: state.plan.target_seconds}).arms
         new = arms.get((state.job, state.backend)) or ArmStats(state.job, state.backend)
         legacy = arms.get((state.job, LEGACY)) or ArmStats(state.job, LEGACY)
         elapsed = (now - since).total_seconds()
@@ -174,8 +172,8 @@ class RolloutController:
         actor: str | None,
         expected_version: int | None,
     ) -> RolloutView:
-        spec = self._tk.jobs.get(state.job)
-        view = self._tk.rollouts.set_percentage(
+        spec = self._jobs.get(state.job)
+        view = self._rollouts.set_percentage(
             spec.flag_key,
             percentage,
             on_variant=spec.target,
@@ -184,8 +182,8 @@ class RolloutController:
             expected_version=expected_version,
             action=action,
         )
-        if isinstance(self._tk.provider, RolloutProvider):
-            self._tk.provider.invalidate()
+        if isinstance(self._provider, RolloutProvider):
+            self._provider.invalidate()  # this process routes by the new value at once
         return view
 
     def advance(
@@ -245,8 +243,8 @@ class RolloutController:
     def set_paused(
         self, job: str, paused: bool, *, reason: str, actor: str | None = None
     ) -> RolloutView:
-        spec = self._tk.jobs.get(job)
-        return self._tk.rollouts.set_paused(
+        spec = self._jobs.get(job)
+        return self._rollouts.set_paused(
             spec.flag_key,
             paused,
             on_variant=spec.target,
@@ -268,18 +266,25 @@ class RolloutController:
                 expected_version=None,
             )
         else:
-            view = self._tk.rollback(job, reason=reason, actor=actor)
+            view = self._set(  # 0% at once; in-flight runs finish where they are
+                state,
+                Decimal("0"),
+                action="rollout.rollback",
+                reason=reason,
+                actor=actor,
+                expected_version=None,
+            )
         return self._aftermath(state, view)
 
     def _aftermath(self, state: PlanState, view: RolloutView) -> RollbackResult:
         job = state.job
         flight = {
-            b: c for (j, b), c in self._tk.runs.in_flight(job).items() if j == job and b != LEGACY
+            b: c for (j, b), c in self._runs.in_flight(job).items() if j == job and b != LEGACY
         }
         runs: list[RunView] = []
         for backend in sorted(flight):
             for status in (RunStatus.RUNNING, RunStatus.QUEUED):
-                runs += self._tk.runs.list(
+                runs += self._runs.list(
                     job=job, backend=backend, status=status.value, limit=IN_FLIGHT_SHOWN
                 )
         backends = sorted(flight) or [state.backend]

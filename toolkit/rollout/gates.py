@@ -1,4 +1,4 @@
-"""Rollout plans and the gate logic: pure functions over per-arm counts, no database.
+"""The gate logic, every gate defined once: pure functions over per-arm counts, no database.
 
 A gate answers PASS (evidence that the new backend is good enough), FAIL (evidence that it is
 worse) or INCONCLUSIVE (not enough evidence either way). The success-rate gate is two one-sided
@@ -10,6 +10,10 @@ tests around a margin m on the difference d = p_new - p_legacy, with Newcombe's 
   non-inferiority within the margin is shown, with enough confidence to take the next step
   (the next step is evaluated again, on its own runs).
 * otherwise INCONCLUSIVE: keep collecting.
+
+Every gate is defined here once (:data:`RULES`): ``rollout advance`` evaluates :data:`ADVANCE`,
+the report's scorecard presents a selection of the same rules under the seed's metric names, so
+the two cannot disagree on the same runs.
 
 ``decide`` turns a sequence of evaluations into actions: roll back only after ``failures``
 consecutive FAIL evaluations, advance on PASS, hold on INCONCLUSIVE. The simulation test
@@ -23,14 +27,10 @@ import enum
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from itertools import pairwise
 from typing import Any
 
-from toolkit.config import parse_duration
-from toolkit.errors import ConfigError, InvalidInput
-from toolkit.jobs import JobSpec
-from toolkit.rollout.stats import newcombe, normal_quantile, wilson
-from toolkit.store.rollouts import parse_percentage
+from toolkit.rollout.plan import RolloutPlan
+from toolkit.rollout.stats import newcombe, wilson
 
 LATENCY_QUANTILE = 0.95
 
@@ -51,107 +51,6 @@ def combine(verdicts: Iterable[Verdict]) -> Verdict:
     return Verdict.PASS
 
 
-def _steps(values: Sequence[object]) -> tuple[Decimal, ...]:
-    try:
-        steps = tuple(parse_percentage(v) for v in values)
-    except InvalidInput as exc:
-        raise ConfigError(f"invalid rollout step: {exc}") from exc
-    if not steps:
-        raise ConfigError("a rollout plan needs at least one step")
-    if any(s <= 0 for s in steps) or any(b <= a for a, b in pairwise(steps)):
-        raise ConfigError(
-            f"rollout steps must increase strictly and be above 0%: {[float(s) for s in steps]}"
-        )
-    return steps
-
-
-@dataclass(frozen=True)
-class RolloutPlan:
-    """How a job's rollout advances; declare it with ``@tk.job(..., rollout=RolloutPlan(...))``.
-
-    ``min_soak`` and ``latency_target`` take seconds or durations ("30m", "10s"); ``margin`` is
-    a fraction (0.01 = one percentage point).
-    """
-
-    steps: Sequence[object] = (10, 50, 100)
-    min_runs: int = 200
-    min_soak: str | float = "30m"
-    margin: float = 0.01
-    latency_target: str | float = "10s"
-    fail_confidence: float = 0.999
-    pass_confidence: float = 0.80
-    # derived, normalised in __post_init__
-    step_values: tuple[Decimal, ...] = field(init=False, repr=False)
-    soak_seconds: float = field(init=False, repr=False)
-    target_seconds: float = field(init=False, repr=False)
-    z_fail: float = field(init=False, repr=False)
-    z_pass: float = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.min_runs, bool) or not isinstance(self.min_runs, int):
-            raise ConfigError("rollout min_runs must be an integer")
-        if self.min_runs < 1:
-            raise ConfigError("rollout min_runs must be at least 1")
-        if not 0 <= self.margin < 0.5:
-            raise ConfigError("rollout margin must be a fraction from 0 to 0.5 (0.01 = 1 pp)")
-        for name in ("fail_confidence", "pass_confidence"):
-            if not 0.5 <= getattr(self, name) < 1:
-                raise ConfigError(f"rollout {name} must be at least 0.5 and below 1")
-        try:
-            soak = (
-                0.0 if self.min_soak in (0, "0") else parse_duration(self.min_soak, what="min_soak")
-            )
-            target = parse_duration(self.latency_target, what="latency_target")
-        except InvalidInput as exc:
-            raise ConfigError(f"rollout plan: {exc}") from exc
-        values: dict[str, Any] = {
-            "step_values": _steps(list(self.steps)),
-            "soak_seconds": soak,
-            "target_seconds": target,
-            "z_fail": normal_quantile(self.fail_confidence),
-            "z_pass": normal_quantile(self.pass_confidence),
-        }
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
-
-    def next_step(self, current: Decimal) -> Decimal | None:
-        return next((s for s in self.step_values if s > current), None)
-
-    def previous_step(self, current: Decimal) -> Decimal:
-        """The largest step below ``current``, or 0."""
-        below = [s for s in self.step_values if s < current]
-        return below[-1] if below else Decimal("0.00")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "steps": [float(s) for s in self.step_values],
-            "min_runs": self.min_runs,
-            "min_soak_seconds": self.soak_seconds,
-            "margin": self.margin,
-            "latency_target_seconds": self.target_seconds,
-            "fail_confidence": self.fail_confidence,
-            "pass_confidence": self.pass_confidence,
-        }
-
-
-def plan_for(spec: JobSpec) -> RolloutPlan:
-    """The job's declared plan (``rollout=RolloutPlan(...)`` or a dict of its fields), or the
-    default plan."""
-    declared = spec.options.get("rollout")
-    if declared is None:
-        return RolloutPlan()
-    if isinstance(declared, RolloutPlan):
-        return declared
-    if isinstance(declared, dict):
-        try:
-            return RolloutPlan(**declared)
-        except TypeError as exc:
-            raise ConfigError(f"job {spec.name!r}: invalid rollout plan: {exc}") from exc
-    raise ConfigError(
-        f"job {spec.name!r}: rollout must be a RolloutPlan, not {type(declared).__name__}"
-    )
-
-
 @dataclass(frozen=True)
 class ArmCounts:
     """What the gates need from one arm (one backend of one job) over the evaluation window."""
@@ -162,6 +61,8 @@ class ArmCounts:
     queue_p95: float | None = None
     queue_over_target: int = 0
     credit_errors: int = 0
+    timeouts: int = 0
+    missing_heartbeats: int = 0
 
 
 @dataclass(frozen=True)
@@ -172,6 +73,8 @@ class Gate:
     verdict: Verdict
     detail: dict[str, Any] = field(default_factory=dict)
     render: Callable[[dict[str, Any]], str] | None = field(default=None, compare=False)
+    #: The rule that decided the verdict (a key of :data:`RULES`); kept when presented renamed.
+    key: str = ""
 
     @property
     def number(self) -> str:
@@ -233,7 +136,7 @@ def _soak_text(d: dict[str, Any]) -> str:
 def soak_gate(plan: RolloutPlan, elapsed: float) -> Gate:
     verdict = Verdict.PASS if elapsed >= plan.soak_seconds else Verdict.INCONCLUSIVE
     detail = {"elapsed_seconds": elapsed, "min_soak_seconds": plan.soak_seconds}
-    return Gate("soak time", verdict, detail, _soak_text)
+    return Gate("soak time", verdict, detail, _soak_text, "soak")
 
 
 def _runs_text(d: dict[str, Any]) -> str:
@@ -243,9 +146,8 @@ def _runs_text(d: dict[str, Any]) -> str:
 def runs_gate(plan: RolloutPlan, new: ArmCounts, legacy: ArmCounts) -> Gate:
     enough = new.finished >= plan.min_runs and legacy.finished >= plan.min_runs
     detail = {"new": new.finished, "legacy": legacy.finished, "min_runs": plan.min_runs}
-    return Gate(
-        "runs per arm", Verdict.PASS if enough else Verdict.INCONCLUSIVE, detail, _runs_text
-    )
+    verdict = Verdict.PASS if enough else Verdict.INCONCLUSIVE
+    return Gate("runs per arm", verdict, detail, _runs_text, "runs")
 
 
 def _rate(arm: ArmCounts) -> float | None:
@@ -270,11 +172,11 @@ def success_gate(plan: RolloutPlan, new: ArmCounts, legacy: ArmCounts) -> Gate:
         "min_runs": plan.min_runs,
     }
     if new.finished < plan.min_runs or legacy.finished < plan.min_runs:
-        return Gate("success rate", Verdict.INCONCLUSIVE, detail, _success_text)
+        return Gate("success rate", Verdict.INCONCLUSIVE, detail, _success_text, "success")
     harm = newcombe(new.completed, new.finished, legacy.completed, legacy.finished, plan.z_fail)
     shown = newcombe(new.completed, new.finished, legacy.completed, legacy.finished, plan.z_pass)
     if harm is None or shown is None:  # unreachable with min_runs >= 1; keeps the types exact
-        return Gate("success rate", Verdict.INCONCLUSIVE, detail, _success_text)
+        return Gate("success rate", Verdict.INCONCLUSIVE, detail, _success_text, "success")
     if harm.high < -plan.margin:
         verdict = Verdict.FAIL
     elif shown.low > -plan.margin:
@@ -284,7 +186,7 @@ def success_gate(plan: RolloutPlan, new: ArmCounts, legacy: ArmCounts) -> Gate:
     detail.update(
         difference=harm.estimate, lower_bound=shown.low, upper_bound=harm.high, margin=plan.margin
     )
-    return Gate("success rate", verdict, detail, _success_text)
+    return Gate("success rate", verdict, detail, _success_text, "success")
 
 
 def _latency_text(d: dict[str, Any]) -> str:
@@ -305,7 +207,7 @@ def latency_gate(plan: RolloutPlan, new: ArmCounts) -> Gate:
     }
     over = wilson(new.queue_over_target, new.started, plan.z_fail)
     if new.started < plan.min_runs or new.queue_p95 is None or over is None:
-        return Gate("queue-to-start p95", Verdict.INCONCLUSIVE, detail, _latency_text)
+        return Gate("queue-to-start p95", Verdict.INCONCLUSIVE, detail, _latency_text, "latency")
     detail["over_share"] = over.estimate
     if new.queue_p95 < plan.target_seconds:
         verdict = Verdict.PASS
@@ -313,7 +215,7 @@ def latency_gate(plan: RolloutPlan, new: ArmCounts) -> Gate:
         verdict = Verdict.FAIL
     else:
         verdict = Verdict.INCONCLUSIVE
-    return Gate("queue-to-start p95", verdict, detail, _latency_text)
+    return Gate("queue-to-start p95", verdict, detail, _latency_text, "latency")
 
 
 def _credit_text(d: dict[str, Any]) -> str:
@@ -321,20 +223,73 @@ def _credit_text(d: dict[str, Any]) -> str:
 
 
 def credit_gate(new: ArmCounts) -> Gate:
-    """Zero tolerance: a credit error is a bug, not noise, so it fails even on little data."""
+    """Zero tolerance: a credit error is a bug, not noise, so it fails even on little data.
+
+    The product's rule ("zero credit errors"): a rate no higher than legacy's is no excuse,
+    since legacy's errors are the ones the migration exists to remove.
+    """
     verdict = Verdict.PASS if new.credit_errors == 0 else Verdict.FAIL
-    return Gate("credit errors", verdict, {"credit_errors": new.credit_errors}, _credit_text)
+    detail = {"credit_errors": new.credit_errors}
+    return Gate("credit errors", verdict, detail, _credit_text, "credit")
+
+
+def _timeouts_text(d: dict[str, Any]) -> str:
+    return f"{d['timeouts']} of {d['finished']} finished"
+
+
+def timeouts_gate(new: ArmCounts) -> Gate:
+    """No run failed by a time limit; nothing finished proves nothing."""
+    verdict = (
+        Verdict.INCONCLUSIVE
+        if new.finished == 0
+        else (Verdict.PASS if new.timeouts == 0 else Verdict.FAIL)
+    )
+    detail = {"timeouts": new.timeouts, "finished": new.finished}
+    return Gate("timeouts", verdict, detail, _timeouts_text, "timeouts")
+
+
+def _heartbeats_text(d: dict[str, Any]) -> str:
+    return f"{d['missing']} of {d['started']} started runs without a heartbeat"
+
+
+def heartbeats_gate(new: ArmCounts) -> Gate:
+    """Every started run sent a heartbeat (else a stalled run would go unnoticed)."""
+    verdict = (
+        Verdict.INCONCLUSIVE
+        if new.started == 0
+        else (Verdict.PASS if new.missing_heartbeats == 0 else Verdict.FAIL)
+    )
+    detail = {"missing": new.missing_heartbeats, "started": new.started}
+    return Gate("heartbeats", verdict, detail, _heartbeats_text, "heartbeats")
+
+
+Rule = Callable[[RolloutPlan, ArmCounts, ArmCounts, float], Gate]
+
+#: Every gate, once: (plan, new arm, legacy arm, seconds on the step) -> verdict.
+RULES: dict[str, Rule] = {
+    "soak": lambda plan, new, legacy, elapsed: soak_gate(plan, elapsed),
+    "runs": lambda plan, new, legacy, elapsed: runs_gate(plan, new, legacy),
+    "success": lambda plan, new, legacy, elapsed: success_gate(plan, new, legacy),
+    "latency": lambda plan, new, legacy, elapsed: latency_gate(plan, new),
+    "credit": lambda plan, new, legacy, elapsed: credit_gate(new),
+    "timeouts": lambda plan, new, legacy, elapsed: timeouts_gate(new),
+    "heartbeats": lambda plan, new, legacy, elapsed: heartbeats_gate(new),
+}
+#: What ``rollout advance`` (and ``watch``) require.
+ADVANCE = ("soak", "runs", "success", "latency", "credit")
+
+
+def gates(
+    keys: Sequence[str], plan: RolloutPlan, new: ArmCounts, legacy: ArmCounts, elapsed: float
+) -> tuple[Gate, ...]:
+    """The gates ``keys`` (of :data:`RULES`) on one pair of arms, in that order."""
+    return tuple(RULES[k](plan, new, legacy, elapsed) for k in keys)
 
 
 def evaluate(plan: RolloutPlan, new: ArmCounts, legacy: ArmCounts, elapsed: float) -> Evaluation:
-    gates = (
-        soak_gate(plan, elapsed),
-        runs_gate(plan, new, legacy),
-        success_gate(plan, new, legacy),
-        latency_gate(plan, new),
-        credit_gate(new),
-    )
-    return Evaluation(combine(g.verdict for g in gates), gates)
+    """The advance gates combined: what ``rollout advance`` decides on."""
+    found = gates(ADVANCE, plan, new, legacy, elapsed)
+    return Evaluation(combine(g.verdict for g in found), found)
 
 
 class Action(enum.StrEnum):

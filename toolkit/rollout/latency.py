@@ -1,12 +1,14 @@
 """The report's percentiles and rank-test samples: one scan of the started runs per metric.
 
-PostgreSQL: ``percentile_cont``, one statement per metric so two connections sort side by side.
-Each row gets a small arm number (``CASE`` over job and backend, computed once per row below an
-``OFFSET 0`` fence) and every arm's aggregates are ``FILTER`` clauses on that number, so the
-rows are never sorted by group first (above ``FILTER_GROUPS_MAX`` arms one ``GROUP BY`` does).
-SQLite has no percentile aggregate: there the timestamps of started runs are streamed into
-compact arrays (16 bytes a run) and the same definition is applied in Python
-(:func:`toolkit.rollout.stats.quantile`).
+One definition of the p-th percentile (linear interpolation between the nearest order
+statistics, ``percentile_cont``), computed where the store says it is fastest
+(``Database.sql.percentiles``). PostgreSQL: ``percentile_cont`` in SQL, one
+statement per metric so two connections sort side by side. Each row gets a small arm number
+(``CASE`` over job and backend, computed once per row below an ``OFFSET 0`` fence) and every
+arm's aggregates are ``FILTER`` clauses on that number, so the rows are never sorted by group
+first (above ``FILTER_GROUPS_MAX`` arms one ``GROUP BY`` does). SQLite has no percentile
+aggregate: there the timestamps of started runs are streamed into compact arrays (16 bytes a
+run) and the same definition is applied in Python (:func:`toolkit.rollout.stats.quantile`).
 
 The rank test needs the observations themselves. They are capped per arm with a deterministic
 uniform sample: run ids are random (uuid4), so ``id < cap / n * 2**128`` keeps a fraction
@@ -19,7 +21,7 @@ from __future__ import annotations
 import uuid
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from toolkit.rollout.queries import Key, Window, scope
 from toolkit.rollout.stats import quantile
+from toolkit.store.engine import Database
 from toolkit.store.models import Run
 
 FRACTIONS = (0.5, 0.95, 0.99)
@@ -124,6 +127,7 @@ def sample_limit(started: int, cap: int) -> uuid.UUID | None:
 
 def latencies(
     s: Session,
+    db: Database,
     window: Window,
     jobs: Sequence[str] | None,
     groups: Iterable[Key],
@@ -133,25 +137,27 @@ def latencies(
     limits: dict[Key, uuid.UUID | None] | None = None,
 ) -> Figures:
     """Percentiles per arm, and the rank samples of the arms in ``limits`` (see
-    :func:`sample_limit`), from one scan. On PostgreSQL only of ``metrics`` (two statements
-    can share the work), on SQLite always both. ``jobs`` None: every job in the window."""
+    :func:`sample_limit`), from one scan. Where the database has a percentile aggregate
+    (``db.sql.percentiles``) only of ``metrics`` (two statements can share the work), otherwise
+    always both, streamed. ``jobs`` None: every job in the window."""
     groups = sorted(set(groups))
     if not groups:
         return Figures()
     limits = {k: v for k, v in (limits or {}).items() if k in groups}
-    if s.get_bind().dialect.name == "postgresql":
-        return _latencies_pg(s, window, jobs, groups, targets, default_target, metrics, limits)
-    return _latencies_python(s, window, jobs, groups, targets, default_target, limits)
-
-
-def _pg_seconds(later: Any, earlier: Any) -> ColumnElement[float]:
-    return func.date_part("epoch", later - earlier)
+    percentiles = db.sql.percentiles(FRACTIONS)
+    if percentiles is None:
+        return _latencies_python(s, window, jobs, groups, targets, default_target, limits)
+    return _latencies_sql(
+        s, db, percentiles, window, jobs, groups, targets, default_target, metrics, limits
+    )
 
 
 Slot = tuple[str, str]  # (what, metric): "pct", "over" or "sample"
 
 
 def _aggregates(
+    db: Database,
+    percentiles: Callable[[Any], Any],
     metrics: Sequence[str],
     values: dict[str, Any],
     mine: ColumnElement[bool] | None,
@@ -159,27 +165,26 @@ def _aggregates(
     sampled: ColumnElement[bool] | None,
 ) -> list[tuple[Slot, Any]]:
     """One arm's aggregates (``mine`` None: the statement groups by arm)."""
-    fractions: ColumnElement[Any] = literal_column("ARRAY[0.5, 0.95, 0.99]::float8[]")
 
     def only(agg: Any, *extra: ColumnElement[bool] | None) -> Any:
         conditions = [c for c in (mine, *extra) if c is not None]
         return agg.filter(and_(*conditions)) if conditions else agg
 
-    out = [
-        (("pct", m), only(func.percentile_cont(fractions).within_group(values[m]))) for m in metrics
-    ]
+    out = [(("pct", m), only(percentiles(values[m]))) for m in metrics]
     if "queue" in metrics:
         out.append((("over", "queue"), only(func.count(), values["queue"] > target)))
     if sampled is not None:
         out += [
-            (("sample", m), only(func.array_agg(values[m]), values[m].is_not(None), sampled))
+            (("sample", m), only(db.sql.gathered(values[m]), values[m].is_not(None), sampled))
             for m in metrics
         ]
     return out
 
 
-def _latencies_pg(
+def _latencies_sql(
     s: Session,
+    db: Database,
+    percentiles: Callable[[Any], Any],
     window: Window,
     jobs: Sequence[str] | None,
     groups: list[Key],
@@ -189,8 +194,8 @@ def _latencies_pg(
     limits: dict[Key, uuid.UUID | None],
 ) -> Figures:
     expressions = {
-        "queue": _pg_seconds(Run.started_at, Run.created_at),
-        "duration": _pg_seconds(Run.finished_at, Run.started_at),
+        "queue": db.sql.seconds_between(Run.started_at, Run.created_at),
+        "duration": db.sql.seconds_between(Run.finished_at, Run.started_at),
     }
     where = and_(scope(window, jobs), Run.started_at.is_not(None))
     out = Figures.empty(groups, limits)
@@ -207,6 +212,8 @@ def _latencies_pg(
         columns: list[Any] = []
         for i, key in enumerate(groups):
             for slot, column in _aggregates(
+                db,
+                percentiles,
                 metrics,
                 {m: rows.c[m] for m in metrics},
                 rows.c.arm == i,
@@ -222,6 +229,8 @@ def _latencies_pg(
     mine = {k: and_(Run.job == k[0], Run.backend == k[1]) for k in limits}
     sampled = case(*((mine[k], _below(Run.id, v)) for k, v in limits.items()), else_=false())
     aggregates = _aggregates(
+        db,
+        percentiles,
         metrics,
         expressions,
         None,
@@ -259,7 +268,8 @@ def _latencies_python(
     default_target: float,
     limits: dict[Key, uuid.UUID | None],
 ) -> Figures:
-    """Stream the timestamps of started runs; percentiles as percentile_cont defines them."""
+    """Stream the timestamps of started runs; percentiles by :func:`.stats.quantile`, the
+    definition ``percentile_cont`` computes in SQL."""
     queues: dict[Key, array[float]] = {k: array("d") for k in groups}
     durations: dict[Key, array[float]] = {k: array("d") for k in groups}
     out = Figures.empty(groups, limits)

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
+from toolkit.store.engine import Database
 from toolkit.store.models import CreditAccount, CreditEntry, LedgerKind, Run, RunStatus
 
 Key = tuple[str, str]  # (job, backend)
@@ -88,7 +89,7 @@ def counts(
 
 
 def credit_errors(
-    s: Session, window: Window, jobs: Sequence[str] | None
+    s: Session, db: Database, window: Window, jobs: Sequence[str] | None
 ) -> dict[Key, tuple[int, int]]:
     """(failed or cancelled debited runs without a refund, refunds of runs that did not fail).
 
@@ -105,10 +106,7 @@ def credit_errors(
     debit = aliased(CreditEntry)
     bad = Run.status.in_(_DONE_BADLY)
     refunded = refunds.c.run_id.is_not(None)
-    if s.get_bind().dialect.name == "postgresql":  # lets the planner OR two bitmap index scans
-        in_refunds = Run.id == func.any(func.array(select(refunds.c.run_id).scalar_subquery()))
-    else:
-        in_refunds = Run.id.in_(select(refunds.c.run_id))
+    in_refunds = db.sql.in_subquery(Run.id, select(refunds.c.run_id))
     stmt = (
         select(
             Run.job,

@@ -15,23 +15,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 
 from toolkit.config import LEGACY
 from toolkit.errors import InvalidInput, UnknownJob
+from toolkit.jobs import JobRegistry
 from toolkit.rollout.arms import ArmStats, collect
-from toolkit.rollout.gates import (
-    Gate,
-    RolloutPlan,
-    Verdict,
-    latency_gate,
-    pct,
-    plan_for,
-    success_gate,
-)
+from toolkit.rollout.gates import Gate, gates, pct
 from toolkit.rollout.latency import Samples
+from toolkit.rollout.plan import RolloutPlan, plan_for
 from toolkit.rollout.queries import Key, Window
 from toolkit.rollout.stats import (
     Interval,
@@ -41,10 +35,8 @@ from toolkit.rollout.stats import (
     newcombe,
     two_proportion_z,
 )
+from toolkit.store.engine import Database
 from toolkit.store.models import Run, utcnow
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
 
 __all__ = ["LEGACY", "ArmStats", "Comparison", "JobReport", "Report", "build", "scorecard"]
 
@@ -128,15 +120,15 @@ class Report:
         }
 
 
-def _new_backend(tk: Toolkit, job: str, backends: Sequence[str]) -> str | None:
-    if job in tk.jobs:
-        return tk.jobs.get(job).target
+def _new_backend(jobs: JobRegistry, job: str, backends: Sequence[str]) -> str | None:
+    if job in jobs:
+        return jobs.get(job).target
     others = [b for b in backends if b != LEGACY]
     return others[0] if others else None
 
 
-def _plan(tk: Toolkit, job: str) -> RolloutPlan:
-    return plan_for(tk.jobs.get(job)) if job in tk.jobs else RolloutPlan()
+def _plan(jobs: JobRegistry, job: str) -> RolloutPlan:
+    return plan_for(jobs.get(job)) if job in jobs else RolloutPlan()
 
 
 def resolve_window(
@@ -151,31 +143,36 @@ def resolve_window(
     return Window(start, end)
 
 
-def check_job(tk: Toolkit, job: str) -> None:
+def check_job(db: Database, jobs: JobRegistry, job: str) -> None:
     """A job is known if the app declares it or the database has runs of it."""
-    if job in tk.jobs:
+    if job in jobs:
         return
-    with tk.db.transaction() as s:
+    with db.transaction() as s:
         if s.scalar(select(Run.id).where(Run.job == job).limit(1)) is not None:
             return
-    known = ", ".join(tk.jobs.names()) or "none registered; load your app with --app"
+    known = ", ".join(jobs.names()) or "none registered; load your app with --app"
     raise UnknownJob(f"unknown job {job!r}: no runs and not declared (known: {known})")
 
 
 def build(
-    tk: Toolkit,
+    db: Database,
+    jobs: JobRegistry,
     *,
     job: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     sample_cap: int = SAMPLE_CAP,
 ) -> Report:
+    """The report over ``since``..``until`` (default: the last 24 hours), every job or one.
+
+    ``db`` is only read, in one snapshot; ``jobs`` gives each job's plan and new backend.
+    """
     window = resolve_window(since, until)
     if job is not None:
-        check_job(tk, job)
-    targets = {spec.name: plan_for(spec).target_seconds for spec in tk.jobs}
+        check_job(db, jobs, job)
+    targets = {spec.name: plan_for(spec).target_seconds for spec in jobs}
     got = collect(
-        tk,
+        db,
         window,
         [job] if job is not None else None,
         targets,
@@ -186,8 +183,8 @@ def build(
     reports = []
     for name in names:
         mine = sorted((a for k, a in got.arms.items() if k[0] == name), key=_arm_order)
-        new = _new_backend(tk, name, [a.backend for a in mine])
-        plan = _plan(tk, name)
+        new = _new_backend(jobs, name, [a.backend for a in mine])
+        plan = _plan(jobs, name)
         report = JobReport(name, new, plan, mine, _compare(mine, got.samples), [])
         report.scorecard = scorecard(plan, report.arm(new), report.arm(LEGACY), new)
         reports.append(report)
@@ -231,61 +228,46 @@ def _text(d: dict[str, Any]) -> str:
 def scorecard(
     plan: RolloutPlan, new: ArmStats, legacy: ArmStats, backend: str | None
 ) -> list[Gate]:
-    """The migration's success metrics for the new backend of one job."""
+    """The migration's success metrics for the new backend of one job: a selection of the
+    rollout gates (:data:`toolkit.rollout.gates.RULES`), so the report and ``rollout advance``
+    give the same verdict on the same runs; only the names and the numbers shown differ."""
     label = backend or "new backend"
-    timeouts = Gate(
-        "runs failed by timeouts = 0",
-        Verdict.INCONCLUSIVE
-        if new.finished == 0
-        else (Verdict.PASS if new.timeouts == 0 else Verdict.FAIL),
-        {"timeouts": new.timeouts, "text": f"{new.timeouts} of {new.finished} finished on {label}"},
-        _text,
+    timeouts, latency, completion, credit, heartbeats = gates(
+        ("timeouts", "latency", "success", "credit", "heartbeats"),
+        plan,
+        new.counts(),
+        legacy.counts(),
+        0.0,
     )
-    latency = latency_gate(plan, new.counts())
-    completion = success_gate(plan, new.counts(), legacy.counts())
     new_rate = new.credit_errors / new.finished if new.finished else None
-    old_rate = legacy.credit_errors / legacy.finished if legacy.finished else 0.0
-    credit_verdict = (
-        Verdict.INCONCLUSIVE
-        if new_rate is None
-        else Verdict.PASS
-        if new.credit_errors == 0 or new_rate <= old_rate
-        else Verdict.FAIL
-    )
-    credit = Gate(
-        "no increase in credit-handling errors",
-        credit_verdict,
-        {
-            "new": new.credit_errors,
-            "legacy": legacy.credit_errors,
-            "text": f"{label} {new.credit_errors} ({pct(new_rate)}) vs legacy "
-            f"{legacy.credit_errors} ({pct(old_rate if legacy.finished else None)})",
-        },
-        _text,
-    )
-    heartbeat_verdict = (
-        Verdict.INCONCLUSIVE
-        if new.started == 0
-        else (Verdict.PASS if new.missing_heartbeats == 0 else Verdict.FAIL)
-    )
-    heartbeats = Gate(
-        "heartbeats delivered",
-        heartbeat_verdict,
-        {
-            "missing": new.missing_heartbeats,
-            "started": new.started,
-            "text": f"{new.missing_heartbeats} of {new.started} started runs without a heartbeat",
-        },
-        _text,
-    )
+    old_rate = legacy.credit_errors / legacy.finished if legacy.finished else None
     return [
-        timeouts,
-        _renamed(latency, f"queue-to-processing p95 < {plan.target_seconds:g} s"),
-        _renamed(completion, "completion rate same or better"),
-        credit,
-        heartbeats,
+        _shown(
+            timeouts,
+            "runs failed by timeouts = 0",
+            {
+                "timeouts": new.timeouts,
+                "text": f"{new.timeouts} of {new.finished} finished on {label}",
+            },
+        ),
+        _shown(latency, f"queue-to-processing p95 < {plan.target_seconds:g} s"),
+        _shown(completion, "completion rate same or better"),
+        _shown(
+            credit,
+            "no increase in credit-handling errors",
+            {
+                "new": new.credit_errors,
+                "legacy": legacy.credit_errors,
+                "text": f"{label} {new.credit_errors} ({pct(new_rate)}) vs legacy "
+                f"{legacy.credit_errors} ({pct(old_rate)})",
+            },
+        ),
+        _shown(heartbeats, "heartbeats delivered"),
     ]
 
 
-def _renamed(gate: Gate, name: str) -> Gate:
-    return Gate(name, gate.verdict, gate.detail, gate.render)
+def _shown(gate: Gate, name: str, detail: dict[str, Any] | None = None) -> Gate:
+    """The gate's verdict under the scorecard's name, with the numbers the report shows."""
+    if detail is None:
+        return Gate(name, gate.verdict, gate.detail, gate.render, gate.key)
+    return Gate(name, gate.verdict, detail, _text, gate.key)

@@ -6,7 +6,8 @@
 * ``two_proportion_z``: pooled two-proportion z-test, p-value from ``math.erfc``.
 * ``mann_whitney``: Mann-Whitney U rank test with the normal approximation, tie correction and
   continuity correction (as R's ``wilcox.test(exact=FALSE)`` and SciPy's ``asymptotic`` method).
-* ``quantile``: linear interpolation between order statistics, the definition of PostgreSQL's
+* ``quantile``: the toolkit's one definition of the p-th percentile: linear interpolation
+  between the order statistics around rank p (n - 1) (Hyndman-Fan type 7), which is PostgreSQL's
   ``percentile_cont``, so SQL and Python give the same numbers.
 """
 
@@ -18,11 +19,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 SQRT2 = math.sqrt(2.0)
-
-
-def normal_sf(z: float) -> float:
-    """P(Z > z) for a standard normal Z."""
-    return 0.5 * math.erfc(z / SQRT2)
 
 
 def normal_cdf(z: float) -> float:
@@ -56,9 +52,6 @@ class Interval(NamedTuple):
     estimate: float
     low: float
     high: float
-
-    def contains(self, value: float) -> bool:
-        return self.low <= value <= self.high
 
 
 def _check_counts(successes: int, n: int) -> None:
@@ -177,7 +170,8 @@ def mann_whitney(x: Iterable[float], y: Iterable[float]) -> RankTest | None:
 
 
 def quantile(sorted_values: Sequence[float], fraction: float) -> float | None:
-    """``percentile_cont``: linear interpolation between the two nearest order statistics."""
+    """``percentile_cont``: linear interpolation between the two order statistics around rank
+    ``fraction * (n - 1)`` (0-based); the definition every report percentile uses."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be within [0, 1], not {fraction!r}")
     n = len(sorted_values)

@@ -9,7 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 from toolkit.rollout.arms import ArmStats
-from toolkit.rollout.gates import Action, Evaluation, RolloutPlan, Verdict
+from toolkit.rollout.gates import Action, Evaluation, Verdict
+from toolkit.rollout.plan import RolloutPlan
 from toolkit.rollout.queries import Window
 from toolkit.store.rollouts import RolloutView
 from toolkit.store.runs import RunView

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from toolkit.store.engine import Database
 from toolkit.store.models import AuditEntry
 
 ACTOR_ENV = "TOOLKIT_ACTOR"
+PAGE = 100
 
 
 def default_actor() -> str:
@@ -79,3 +81,29 @@ class AuditLog:
                 AuditView(r.id, r.at, r.actor, r.action, r.target, r.before, r.after, r.reason)
                 for r in rows
             ]
+
+    def newest(self, target: str, *, action_prefix: str, page: int = PAGE) -> Iterator[AuditView]:
+        """The entries of ``target`` whose action starts with ``action_prefix`` (``"rollout."``),
+        newest first, read a page at a time (keyset on id): a caller looking for the last
+        rollout move stops after a page or two however long the history is."""
+        query = (
+            select(AuditEntry)
+            .where(AuditEntry.target == target, AuditEntry.action.like(f"{action_prefix}%"))
+            .order_by(AuditEntry.id.desc())
+            .limit(page)
+        )
+        before: int | None = None
+        while True:
+            with self._db.transaction() as s:
+                rows = s.scalars(
+                    query if before is None else query.where(AuditEntry.id < before)
+                ).all()
+                views = [_view(r) for r in rows]
+            yield from views
+            if len(views) < page:
+                return
+            before = views[-1].id
+
+
+def _view(r: AuditEntry) -> AuditView:
+    return AuditView(r.id, r.at, r.actor, r.action, r.target, r.before, r.after, r.reason)

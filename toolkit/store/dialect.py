@@ -9,7 +9,7 @@ store asks its dialect.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 
@@ -36,6 +36,31 @@ class Dialect:
     # --- writes (runs, ledger, accounts) -------------------------------------------------------
 
     # --- reads (report, snapshot) --------------------------------------------------------------
+
+    def in_subquery(self, column: Any, subquery: Any) -> Any:
+        """``column IN (subquery)``, in the form this database plans best next to an ``OR``."""
+        raise NotImplementedError
+
+    def seconds_between(self, later: Any, earlier: Any) -> Any:
+        """``later - earlier`` of two timestamp columns, in seconds (a float); only asked
+        where :meth:`percentiles` is an aggregate (the statement computes in SQL)."""
+        raise NotImplementedError
+
+    def percentiles(self, fractions: Sequence[float]) -> Callable[[Any], Any] | None:
+        """The aggregate giving the ``fractions`` percentiles of a column as one array, or None
+        when the database has none: the caller then streams the values and applies
+        :func:`toolkit.rollout.stats.quantile`.
+
+        Either way the p-th percentile is one definition: linear interpolation between the two
+        nearest order statistics, at rank p (n - 1) counted from 0 (PostgreSQL's
+        ``percentile_cont``; Hyndman and Fan's type 7, NumPy's default "linear").
+        """
+        raise NotImplementedError
+
+    def gathered(self, values: Any) -> Any:
+        """An aggregate collecting ``values`` into one array (the rank-test samples); only
+        asked where :meth:`percentiles` is an aggregate."""
+        raise NotImplementedError
 
 
 def for_name(name: str) -> Dialect:

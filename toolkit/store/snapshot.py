@@ -39,6 +39,12 @@ class Snapshot:
         self._id = snapshot_id
         self._pool = pool
 
+    @property
+    def parallel(self) -> bool:
+        """Whether :meth:`submit` runs work on another connection at the same time (so a
+        caller splits a heavy scan in two), rather than inline in this transaction."""
+        return self._pool is not None
+
     def submit(self, work: Callable[[Session], T]) -> Future[T]:
         if self._pool is None:
             done: Future[T] = Future()

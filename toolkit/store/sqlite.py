@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy.dialects import sqlite
@@ -25,3 +25,11 @@ class SQLite(Dialect):
     # --- writes (runs, ledger, accounts) -------------------------------------------------------
 
     # --- reads (report, snapshot) --------------------------------------------------------------
+
+    def in_subquery(self, column: Any, subquery: Any) -> Any:
+        return column.in_(subquery)
+
+    def percentiles(self, fractions: Sequence[float]) -> Callable[[Any], Any] | None:
+        """None: SQLite has no percentile aggregate; streaming the values into Python arrays
+        and sorting there is faster than any SQL emulation (window functions sort per row)."""
+        return None
