@@ -18,7 +18,7 @@ def upgrade(obj: CliContext, revision: str) -> None:
     """Apply the toolkit's migrations (tables prefixed toolkit_)."""
     tk = obj.toolkit
     tk.db.migrate(revision)
-    console().print(f"[green]database at {revision}[/] ({tk.db.dialect})")
+    console().print(f"[green]database at {revision}[/] ({tk.db.sql.name})")
 
 
 @group.command("current")
@@ -36,6 +36,6 @@ def current(obj: CliContext, as_json: bool) -> None:
             conn, opts={"version_table": VERSION_TABLE}
         ).get_current_revision()
     if as_json:
-        emit_json({"revision": rev, "dialect": tk.db.dialect})
+        emit_json({"revision": rev, "dialect": tk.db.sql.name})
     else:
         console().print(f"revision: {rev or '[yellow]none (run toolkit db upgrade)[/]'}")
