@@ -78,6 +78,11 @@ class Harness:
         """Let an attempt of a cancelled run reach its next step (where it must stop)."""
         time.sleep(seconds)
 
+    def delivered(self, run_id: uuid.UUID) -> None:
+        """Once the backend has been handed ``run_id`` after a :meth:`held` block, wait until
+        it has dealt with it (run it, or found it not startable and dropped it)."""
+        time.sleep(0.5)  # legacy's pool: the freed threads take the queue at once
+
     def recover_until_terminal(self, run_id: uuid.UUID, *, timeout: float = 20.0) -> RunView:
         """Run maintenance recover (as ``toolkit recover --apply``) until the run is terminal."""
         deadline = time.monotonic() + timeout
@@ -197,6 +202,15 @@ class CeleryHarness(Harness):
     def diagnostics(self) -> str:
         return self.workers.logs()
 
+    def delivered(self, run_id: uuid.UUID) -> None:
+        """The task id is the run id: Celery logs when the worker's task returned."""
+        marker = f"[{run_id}] succeeded"
+        deadline = time.monotonic() + 20
+        while marker not in self.workers.logs(tail=10**7):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no worker handled {run_id}\n{self.diagnostics()}")
+            time.sleep(0.05)
+
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         """No worker running: messages wait in Redis until a fresh worker starts."""
@@ -243,6 +257,10 @@ class InngestContractHarness(Harness):
 
     def settle(self, seconds: float) -> None:
         self.fakes.executor.wait_idle(seconds + 10)
+
+    def delivered(self, run_id: uuid.UUID) -> None:
+        self.fakes.executor.wait_idle(10)
+        assert self.fakes.executor.finished(str(run_id))
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:

@@ -84,7 +84,7 @@ def test_timeout_fails_without_retry(harness: Harness) -> None:
 
 
 def test_cancel_a_running_run_stops_it_at_the_next_step_and_refunds(harness: Harness) -> None:
-    hold = 0.5
+    hold = 0.8
     step = f"hold-{uuid.uuid4().hex[:8]}"
     payload = {"steps": [step, "after"], "hold": {step: hold}}
     with ThreadPoolExecutor(1) as pool:  # a blocking dispatch returns only when it is done
@@ -117,7 +117,7 @@ def test_cancel_a_queued_run_means_it_never_starts(harness: Harness) -> None:
         handle = harness.dispatch(JOB, ABC, account=ACCOUNT)
         assert harness.tk.runs.get(handle.run_id).status == RunStatus.QUEUED
         assert harness.tk.cancel(handle.run_id, reason="changed my mind")
-    harness.settle(0.5)  # the backend gets the run now, and must not start it
+    harness.delivered(handle.run_id)  # the backend got the run now, and must not start it
     run = harness.wait(handle.run_id)
     assert run.status == RunStatus.CANCELLED and run.started_at is None and run.attempts == 0
     assert harness.steps(run.id) == []
