@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit import JobContext, NonRetriableError, Toolkit
-from toolkit.backends.base import BaseBackend, SubmittedRun
+from toolkit.testing import StubBackend
 
 
 @dataclass
@@ -73,20 +72,10 @@ def register_session_job(
 SESSION = {"models": ["gpt", "claude", "llama"], "market_id": "m-1"}
 
 
-class ParkedBackend(BaseBackend):
-    """A queue that only records hand-overs, so a test drives execution itself.
+class ParkedBackend(StubBackend):
+    """The shipped :class:`toolkit.testing.StubBackend`, registered as "parked" by these tests.
 
     ``refuse`` simulates an outage of the transport (event API or broker down).
     """
 
     name = "parked"
-
-    def __init__(self, tk: Toolkit) -> None:
-        super().__init__(tk)
-        self.submitted: list[uuid.UUID] = []
-        self.refuse: str | None = None
-
-    def _send(self, run: SubmittedRun) -> None:
-        if self.refuse:
-            raise ConnectionError(self.refuse)
-        self.submitted.append(run.run_id)

@@ -82,6 +82,9 @@ class Executor:
     system_events: list[dict[str, Any]] = field(default_factory=list)
     deduped: list[str] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
+    # An unsigned 5xx is the app process dying mid-request (no SDK answered). Off: a harness
+    # error (responses must be signed). On: retried as Inngest retries a failed request.
+    retry_crashes: bool = False
 
     def __post_init__(self) -> None:
         self._inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -257,7 +260,13 @@ class Executor:
                 },
             )
             if not response_signature_ok(response, self.signing_key):
-                raise HarnessError(f"{fn['id']}: response {response.status_code} is not signed")
+                if not (self.retry_crashes and response.status_code >= 500):
+                    raise HarnessError(f"{fn['id']}: response {response.status_code} is not signed")
+                self.calls.append(Call(fn["id"], run, attempt, response.status_code))
+                if attempt + 1 < max_attempts:
+                    attempt += 1
+                    continue
+                return self._end(fn, run, event, "failed", FUNCTION_FAILED, error=response.text)
             ops = response.json() if response.status_code == 206 else []
             self.calls.append(
                 Call(
