@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from toolkit import JobContext, NonRetriableError, Toolkit
-from toolkit.backends.base import BaseBackend, SubmittedRun
+from toolkit.backends.base import BaseBackend
+from toolkit.jobs import SubmittedRun
 
 
 @dataclass
@@ -82,7 +83,7 @@ class ParkedBackend(BaseBackend):
     name = "parked"
 
     def __init__(self, tk: Toolkit) -> None:
-        super().__init__(tk)
+        super().__init__(tk.runtime)
         self.submitted: list[uuid.UUID] = []
         self.refuse: str | None = None
 
