@@ -44,6 +44,9 @@ from toolkit.store.models import RunStatus, utcnow
 
 log = logging.getLogger("toolkit.backends.celery")
 
+# Raised by billiard inside the job at the job's timeout: the runtime fails the run at once.
+TIME_LIMIT = (SoftTimeLimitExceeded,)
+
 
 class Heartbeat:
     """One daemon thread per worker process that keeps the held attempts' heartbeats fresh.
@@ -185,8 +188,7 @@ class Delivery:
         beat = self.heartbeat()
         beat.hold(claim)
         try:
-            # The soft limit inside the job function fails the run as JobTimeout (no retry).
-            result = self.runtime.attempt(claim, time_limit=(SoftTimeLimitExceeded,))
+            result = self.runtime.attempt(claim, time_limit=TIME_LIMIT)
         except SoftTimeLimitExceeded:  # hit outside the job function, e.g. while completing
             result = self.runtime.time_out(claim)
         finally:
