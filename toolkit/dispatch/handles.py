@@ -17,12 +17,12 @@ __all__ = [
     "Route",
     "RunHandle",
     "RunReader",
-    "RunState",
+    "RunRecord",
     "SubmittedRun",
 ]
 
 
-class RunState(Protocol):
+class RunRecord(Protocol):
     """What a handle refreshes from: any view of the run's record with these fields."""
 
     @property
@@ -35,7 +35,7 @@ class RunState(Protocol):
     def error(self) -> str | None: ...
 
 
-RunReader = Callable[[uuid.UUID], RunState]
+RunReader = Callable[[uuid.UUID], RunRecord]
 
 
 @dataclass(frozen=True)
