@@ -67,7 +67,7 @@ def build_app() -> Toolkit:
     def recorded(ctx: Any, payload: Any) -> None:
         return None
 
-    tk.use_backend("noop", common.NoopBackend(tk))
+    tk.use_backend("noop", common.NoopBackend(tk.runtime))
     prefix = os.environ[ENV_PREFIX]
     backend = tk.use_backend(
         "celery",

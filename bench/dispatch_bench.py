@@ -227,7 +227,7 @@ def setup(args: argparse.Namespace) -> Bench:
     tk.job(LEGACY_JOB, target="inngest")(noop)
     tk.job(RECORD_JOB, target="noop")(noop)
     tk.job(COST_JOB, target="noop", cost=1)(noop)
-    tk.use_backend("noop", common.NoopBackend(tk))
+    tk.use_backend("noop", common.NoopBackend(tk.runtime))
     tk.set_rollout(LEGACY_JOB, 0, reason="bench: everything on legacy")
     tk.set_rollout(RECORD_JOB, 100, reason="bench: everything on the no-op backend")
     tk.set_rollout(COST_JOB, 100, reason="bench: everything on the no-op backend")

@@ -129,7 +129,7 @@ def setup(args: argparse.Namespace, workdir: Path) -> tuple[Bench, str]:
     tk.job(JOB, event=EVENT, fallback="fail")(noop)  # an outage would show as FAILED runs
     tk.job(NOOP_JOB, target="noop")(noop)
     tk.use_backend("inngest", **inngest_options(api))
-    tk.use_backend("noop", common.NoopBackend(tk))
+    tk.use_backend("noop", common.NoopBackend(tk.runtime))
     tk.set_rollout(JOB, 100, reason="bench: every run to inngest")
     tk.set_rollout(NOOP_JOB, 100, reason="bench: every run to the no-op backend")
     handle = tk.dispatch(JOB, {"i": -1})  # routing sanity: really the Inngest path

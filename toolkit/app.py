@@ -59,7 +59,7 @@ class Toolkit:
         self.runtime = Runtime(
             self.db, self.credits, self.jobs, base_delay=retry_base_delay, max_delay=retry_max_delay
         )
-        self.legacy = LegacyBackend(self, mode=legacy_mode, max_workers=legacy_workers)
+        self.legacy = LegacyBackend(self.runtime, mode=legacy_mode, max_workers=legacy_workers)
         self.backends: dict[str, BaseBackend] = {LEGACY: self.legacy}
 
         self.provider = flag_provider or RolloutProvider(self.rollouts.all, ttl=flag_cache_ttl)
@@ -113,7 +113,9 @@ class Toolkit:
         if name == LEGACY:
             raise ConfigError("the legacy backend is always enabled")
         self.backends[name] = (
-            backend if backend is not None else load_backend(name, self, **options)
+            backend
+            if backend is not None
+            else load_backend(name, self.runtime, self.jobs, **options)
         )
         return self.backends[name]
 

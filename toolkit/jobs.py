@@ -162,3 +162,17 @@ class JobContext(ABC):
     def _run_step(
         self, step_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SubmittedRun:
+    """A recorded run as a backend receives it: never the ORM row, so no session leaks.
+
+    A plain value beside :class:`JobSpec` so that dispatch (which builds it) and backends
+    (which take it) share it without either importing the other.
+    """
+
+    run_id: uuid.UUID
+    job: JobSpec
+    payload: Any
+    targeting_key: str

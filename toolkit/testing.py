@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from toolkit.app import Toolkit
-from toolkit.backends.base import BaseBackend, SubmittedRun
+from toolkit.backends.base import BaseBackend
+from toolkit.jobs import SubmittedRun
 from toolkit.runtime.lifecycle import Outcome
 
 __all__ = ["Outcome", "StubBackend", "toolkit_for_tests"]
@@ -41,7 +42,7 @@ class StubBackend(BaseBackend):
 
     def __init__(self, toolkit: Toolkit, *, name: str | None = None) -> None:
         # The only coupling to the backend base class: its constructor and ``execute``.
-        super().__init__(toolkit)
+        super().__init__(toolkit.runtime)
         if name is not None:
             self.name = name
         self.submitted: list[uuid.UUID] = []
@@ -62,7 +63,7 @@ class StubBackend(BaseBackend):
         """
         if run_id in self.pending:
             self.pending.remove(run_id)
-        return self.execute(run_id)
+        return self.execute(run_id).outcome
 
     def run_all(self) -> dict[uuid.UUID, Outcome]:
         """Execute every pending run, in hand-over order, including runs handed over meanwhile."""

@@ -61,8 +61,7 @@ def celery_tk(tk: Toolkit) -> CeleryTk:
 
 
 def _deliver(backend: CeleryBackend, run_id: uuid.UUID, job: str = "celery-steps") -> str:
-    return backend.delivery.handle(FakeTask(), backend.toolkit.jobs.get(job), str(run_id),
-                                   reserved=False)  # fmt: skip
+    return backend.delivery.handle(FakeTask(), backend.jobs.get(job), str(run_id), reserved=False)
 
 
 def _set(tk: Toolkit, run_id: uuid.UUID, **values: Any) -> None:
@@ -258,7 +257,7 @@ def test_unknown_and_malformed_runs_are_dropped(celery_tk: CeleryTk) -> None:
     published.clear()
     assert _deliver(backend, uuid.uuid4()) == "unknown"
     task = FakeTask()
-    job = backend.toolkit.jobs.get("celery-steps")
+    job = backend.jobs.get("celery-steps")
     assert backend.delivery.handle(task, job, "not-a-uuid", reserved=False) == "malformed"
     assert published == []
 

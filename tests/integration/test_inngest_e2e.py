@@ -12,7 +12,7 @@ import pytest
 from tests.jobs_fixture import SESSION, Calls
 from tests.support.inngest_harness import InngestHarness, inngest_harness
 from toolkit import JobContext, NonRetriableError, RunStatus, Toolkit
-from toolkit.backends.base import SubmittedRun
+from toolkit.jobs import SubmittedRun
 
 JOB = "prediction-session"
 STEPS = ["predict-gpt", "predict-claude", "predict-llama"]

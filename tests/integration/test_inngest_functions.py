@@ -29,11 +29,10 @@ from toolkit import (
     RunStatus,
     Toolkit,
 )
-from toolkit.backends.base import SubmittedRun
 from toolkit.backends.inngest.backend import InngestBackend
 from toolkit.backends.inngest.functions import JobRunner, function_options
 from toolkit.errors import InngestConfigError
-from toolkit.jobs import JobSpec, make_spec
+from toolkit.jobs import JobSpec, SubmittedRun, make_spec
 from toolkit.store.models import Run
 
 JOB = "prediction-session"
@@ -71,7 +70,7 @@ def function(backend: InngestBackend, job: str) -> inngest.Function[Any]:
 
 
 def trigger(backend: InngestBackend, job: str, run_id: uuid.UUID) -> Any:
-    spec = backend.toolkit.jobs.get(job)
+    spec = backend.jobs.get(job)
     event = backend.event(SubmittedRun(run_id, spec, None, "k"))
     assert isinstance(backend.client, mocked.Inngest)
     return mocked.trigger(function(backend, job), event, backend.client)
@@ -289,4 +288,4 @@ def test_production_mode_will_not_serve_without_a_signing_key(
     monkeypatch.delenv("INNGEST_SIGNING_KEY", raising=False)
     config_tk.use_backend("inngest", app_id="app", is_production=True)
     with pytest.raises(InngestConfigError, match="INNGEST_SIGNING_KEY"):
-        create_app(config_tk)
+        create_app(config_tk.dispatch, config_tk.jobs, inngest=config_tk.backends["inngest"])

@@ -74,7 +74,7 @@ def test_backoff_grows_exponentially_with_jitter(tk: Toolkit, parked: ParkedBack
     handle = tk.dispatch("flaky", SESSION)
     assert handle.backend == "parked" and parked.submitted == [handle.run_id]
     slept: list[float] = []
-    assert tk.runtime.execute(handle.run_id, sleep=slept.append) is Outcome.COMPLETED
+    assert tk.runtime.execute(handle.run_id, sleep=slept.append).outcome is Outcome.COMPLETED
     assert slept == [0.75, 1.5, 3.0, 3.75]  # 1, 2, 4, then capped at 5; times 0.75
 
 

@@ -252,7 +252,8 @@ def inngest_harness(
         if framework == "flask":
             server = WsgiServeThread(flask_app(tk)).start()
         else:
-            server = ServeThread(create_app(tk, cron_secret=cron_secret)).start()
+            app = create_app(tk.dispatch, tk.jobs, inngest=backend, cron_secret=cron_secret)
+            server = ServeThread(app).start()
         stack.callback(server.close)
         executor = Executor(server.url + SERVE_PATH).start()
         stack.callback(executor.close)

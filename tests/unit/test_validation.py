@@ -174,8 +174,8 @@ def test_optional_backend_names_its_extra(monkeypatch: pytest.MonkeyPatch, tmp_p
         monkeypatch.setattr(builtins, "__import__", no_celery)
         monkeypatch.setattr("importlib.import_module", lambda name: no_celery(name))
         with pytest.raises(MissingExtra, match=r"pip install 'toolkit\[celery\]'"):
-            load_backend("celery", tk)
+            load_backend("celery", tk.runtime, tk.jobs)
         with pytest.raises(ConfigError, match="unknown backend"):
-            load_backend("kafka", tk)
+            load_backend("kafka", tk.runtime, tk.jobs)
     finally:
         tk.close()

@@ -8,13 +8,12 @@ Optional backends are imported lazily so their dependencies stay optional.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from toolkit.backends.base import Backend, BaseBackend, SubmittedRun
+from toolkit.backends.base import BaseBackend
 from toolkit.errors import ConfigError, MissingExtra
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
+from toolkit.jobs import JobRegistry, SubmittedRun
+from toolkit.runtime.lifecycle import Runtime
 
 # name -> (module, class, extra, the import that proves the extra is installed)
 OPTIONAL: dict[str, tuple[str, str, str, str]] = {
@@ -23,8 +22,12 @@ OPTIONAL: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def load_backend(name: str, toolkit: Toolkit, **options: Any) -> BaseBackend:
-    """Build an optional backend, naming the pip extra when its dependencies are missing."""
+def load_backend(name: str, runtime: Runtime, jobs: JobRegistry, **options: Any) -> BaseBackend:
+    """Build an optional backend, naming the pip extra when its dependencies are missing.
+
+    The backend gets the runtime it hands runs to and the job registry it builds its tasks
+    or functions from (jobs declared later included), nothing else of the application.
+    """
     try:
         module_name, class_name, extra, requirement = OPTIONAL[name]
     except KeyError:
@@ -41,8 +44,8 @@ def load_backend(name: str, toolkit: Toolkit, **options: Any) -> BaseBackend:
         if exc.name == module_name:
             raise ConfigError(f"the {name!r} backend is not shipped in this version") from exc
         raise
-    backend: BaseBackend = getattr(module, class_name)(toolkit, **options)
+    backend: BaseBackend = getattr(module, class_name)(runtime, jobs, **options)
     return backend
 
 
-__all__ = ["OPTIONAL", "Backend", "BaseBackend", "SubmittedRun", "load_backend"]
+__all__ = ["OPTIONAL", "BaseBackend", "SubmittedRun", "load_backend"]

@@ -1,57 +1,37 @@
-"""The Backend protocol and the base class that owns what every backend shares."""
+"""The base class of every backend: a transport that owns only how a run gets somewhere."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from toolkit.errors import BackendUnavailable, ToolkitError
-from toolkit.runtime.lifecycle import Outcome
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
-    from toolkit.jobs import JobSpec
-
-
-@dataclass(frozen=True)
-class SubmittedRun:
-    """What a backend needs to hand a run over: never the ORM row, so no session leaks."""
-
-    run_id: uuid.UUID
-    job: JobSpec
-    payload: Any
-    targeting_key: str
-
-
-@runtime_checkable
-class Backend(Protocol):
-    name: str
-
-    def submit(self, run: SubmittedRun) -> None: ...
-
-    def submit_many(self, runs: Sequence[SubmittedRun]) -> None: ...
-
-    def close(self, *, wait: bool = True) -> None: ...
+from toolkit.jobs import SubmittedRun
+from toolkit.runtime.lifecycle import AttemptResult, Runtime
 
 
 class BaseBackend:
     """Subclasses implement ``_send`` (the transport); the lifecycle is the runtime's.
 
-    Any error while sending becomes :class:`BackendUnavailable`, which the dispatcher turns
-    into the job's fallback policy: a run is never left queued on a backend that refused it.
+    A backend receives the :class:`Runtime` it hands runs to (and, where it needs them, the
+    job registry), never the application object. Any error while sending becomes
+    :class:`BackendUnavailable`, which the dispatcher turns into the job's fallback policy:
+    a run is never left queued on a backend that refused it.
     """
 
     name = "base"
 
-    def __init__(self, toolkit: Toolkit) -> None:
-        self.toolkit = toolkit
-        self.runtime = toolkit.runtime
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
-    def submit(self, run: SubmittedRun) -> None:
+    def submit(self, run: SubmittedRun) -> AttemptResult | None:
+        """Hand ``run`` over; return what happened to it, if it happened in this thread.
+
+        None: another process or thread has it now (it is QUEUED as far as the caller knows).
+        An :class:`AttemptResult`: the run was executed in the caller's thread and ended so
+        (the blocking legacy executor), so the caller need not read the run back.
+        """
         try:
-            self._send(run)
+            return self._send(run)
         except ToolkitError as exc:
             if isinstance(exc, BackendUnavailable):
                 raise
@@ -61,16 +41,16 @@ class BaseBackend:
                 f"{self.name} could not take run {run.run_id}: {type(exc).__name__}: {exc}"
             ) from exc
 
-    def submit_many(self, runs: Sequence[SubmittedRun]) -> None:
-        for run in runs:
-            self.submit(run)
-
-    def execute(self, run_id: uuid.UUID) -> Outcome:
+    def execute(self, run_id: uuid.UUID) -> AttemptResult:
         """Run to a final state in this process: the shared lifecycle, for any transport."""
         return self.runtime.execute(run_id)
 
     def close(self, *, wait: bool = True) -> None:
         """Release resources; with ``wait`` in-flight work drains first."""
 
-    def _send(self, run: SubmittedRun) -> None:
+    def _send(self, run: SubmittedRun) -> AttemptResult | None:
+        """The transport: hand the run over (see :meth:`submit` for what to return)."""
         raise NotImplementedError
+
+
+__all__ = ["BaseBackend", "SubmittedRun"]

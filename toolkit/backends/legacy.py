@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from toolkit.backends.base import BaseBackend, SubmittedRun
+from toolkit.backends.base import BaseBackend
 from toolkit.errors import BackendUnavailable, ConfigError
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
+from toolkit.jobs import SubmittedRun
+from toolkit.runtime.lifecycle import AttemptResult, Runtime
 
 log = logging.getLogger("toolkit.backends.legacy")
 
@@ -25,8 +24,8 @@ LegacyMode = Literal["blocking", "thread"]
 class LegacyBackend(BaseBackend):
     name = "legacy"
 
-    def __init__(self, toolkit: Toolkit, *, mode: LegacyMode = "thread", max_workers: int = 4):
-        super().__init__(toolkit)
+    def __init__(self, runtime: Runtime, *, mode: LegacyMode = "thread", max_workers: int = 4):
+        super().__init__(runtime)
         if mode not in ("blocking", "thread"):
             raise ConfigError(f"legacy mode must be 'blocking' or 'thread', not {mode!r}")
         self.mode = mode
@@ -35,13 +34,14 @@ class LegacyBackend(BaseBackend):
         self._lock = threading.Lock()
         self._closed = False
 
-    def _send(self, run: SubmittedRun) -> None:
+    def _send(self, run: SubmittedRun) -> AttemptResult | None:
+        """Blocking: run it now and return where it ended. Thread: hand it to the pool."""
         if self.mode == "blocking":
-            self.execute(run.run_id)
-            return
+            return self.execute(run.run_id)
         pool = self._ensure_pool()
         future = pool.submit(self.execute, run.run_id)
         future.add_done_callback(_log_crash)
+        return None
 
     def _ensure_pool(self) -> ThreadPoolExecutor:
         with self._lock:

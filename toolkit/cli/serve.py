@@ -34,5 +34,6 @@ def group(obj: CliContext, host: str, port: int, log_level: str) -> None:
         raise ConfigError(
             f"toolkit serve needs the {exc.name!r} package: pip install 'toolkit[web]'"
         ) from exc
-    app = create_app(obj.toolkit)
+    tk = obj.toolkit
+    app = create_app(tk.dispatch, tk.jobs, inngest=tk.backends.get("inngest"))
     uvicorn.run(app, host=host, port=port, log_level=log_level)

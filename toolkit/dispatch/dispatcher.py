@@ -19,7 +19,7 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from toolkit.backends.base import BaseBackend, SubmittedRun
+from toolkit.backends.base import BaseBackend
 from toolkit.config import LEGACY
 from toolkit.dispatch.handles import (
     DispatchRequest,
@@ -31,7 +31,8 @@ from toolkit.dispatch.handles import (
     check_str,
 )
 from toolkit.errors import BackendUnavailable, InvalidInput
-from toolkit.jobs import JobSpec
+from toolkit.jobs import JobSpec, SubmittedRun
+from toolkit.runtime.lifecycle import AttemptResult, Outcome
 from toolkit.store.models import CreditEntry, LedgerKind, Run, RunStatus, utcnow
 
 if TYPE_CHECKING:
@@ -226,7 +227,7 @@ class Dispatcher:
                 route.backend,
                 RunStatus.QUEUED.value,
                 route_reason=route.reason,
-                _toolkit=self._tk,
+                _reader=self._tk.runs.get,
             )
             submitted = SubmittedRun(run_id, job, request.payload, request.key or str(run_id))
             self._hand_over(job, submitted, handle)
@@ -234,21 +235,25 @@ class Dispatcher:
         return handles
 
     def _hand_over(self, job: JobSpec, submitted: SubmittedRun, handle: RunHandle) -> None:
+        """Submit (falling back per the job's policy); a run the backend executed in this
+        thread (blocking legacy) reports where it ended from the result, not a re-read."""
         backend = self._backend(handle.backend)
         try:
-            backend.submit(submitted)
+            result = backend.submit(submitted)
         except BackendUnavailable as exc:
-            self._fallback(job, submitted, handle, exc)
-        if (
-            handle.backend == LEGACY
-            and handle.status == RunStatus.QUEUED.value
-            and (self._tk.legacy.mode == "blocking")
-        ):
-            handle.refresh()  # it ran inline: report where it ended, as the old code did
+            result = self._fallback(job, submitted, handle, exc)
+        if result is None or handle.status != RunStatus.QUEUED.value:
+            return  # handed over (still QUEUED for all we know), or the fallback failed it
+        if result.outcome is Outcome.COMPLETED:
+            handle.status, handle.error = RunStatus.COMPLETED.value, None
+        elif result.outcome is Outcome.FAILED:
+            handle.status, handle.error = RunStatus.FAILED.value, result.error
+        else:  # SKIPPED: someone else moved it meanwhile (a cancel, a sweep): read where to
+            handle.refresh()
 
     def _fallback(
         self, job: JobSpec, run: SubmittedRun, handle: RunHandle, exc: BackendUnavailable
-    ) -> None:
+    ) -> AttemptResult | None:
         reason = str(exc)
         log.warning("backend %s refused run %s: %s", handle.backend, run.run_id, reason)
         if job.fallback == "legacy" and handle.backend != LEGACY:
@@ -266,12 +271,12 @@ class Dispatcher:
                 handle.fallback_from, handle.backend = handle.backend, LEGACY
                 handle.route_reason = f"fallback: {reason}"
                 try:
-                    self._tk.legacy.submit(run)
-                    return
+                    return self._tk.legacy.submit(run)
                 except BackendUnavailable as again:
                     reason = f"{reason}; legacy fallback also failed: {again}"
         self._tk.runtime.fail(run.run_id, f"not submitted: {reason}", expected=(RunStatus.QUEUED,))
         handle.status, handle.error = RunStatus.FAILED.value, f"not submitted: {reason}"
+        return None
 
     # --- recovery: the same run, submitted again ----------------------------------------------
 
@@ -337,7 +342,7 @@ class Dispatcher:
             route.backend,
             RunStatus.QUEUED.value,
             route_reason=f"recovery {reroute.recovery}: {route.reason}",
-            _toolkit=self._tk,
+            _reader=self._tk.runs.get,
         )
         self._hand_over(run.job, run, handle)
         return handle
@@ -419,5 +424,5 @@ class Dispatcher:
             route_reason=run.route_reason,
             fallback_from=run.fallback_from,
             error=run.error,
-            _toolkit=self._tk,
+            _reader=self._tk.runs.get,
         )

@@ -4,15 +4,38 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from toolkit.backends.base import SubmittedRun
 from toolkit.errors import InvalidInput, InvalidPayload
+from toolkit.jobs import SubmittedRun
 
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
+__all__ = [
+    "DispatchRequest",
+    "Reroute",
+    "Route",
+    "RunHandle",
+    "RunReader",
+    "RunRecord",
+    "SubmittedRun",
+]
+
+
+class RunRecord(Protocol):
+    """What a handle refreshes from: any view of the run's record with these fields."""
+
+    @property
+    def backend(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def fallback_from(self) -> str | None: ...
+    @property
+    def error(self) -> str | None: ...
+
+
+RunReader = Callable[[uuid.UUID], RunRecord]
 
 
 @dataclass(frozen=True)
@@ -58,12 +81,13 @@ class RunHandle:
     route_reason: str | None = None
     fallback_from: str | None = None
     error: str | None = None
-    _toolkit: Toolkit | None = field(default=None, repr=False, compare=False)
+    _reader: RunReader | None = field(default=None, repr=False, compare=False)
 
     def refresh(self) -> RunHandle:
-        """Re-read backend and status from the run record."""
-        assert self._toolkit is not None
-        view = self._toolkit.runs.get(self.run_id)
+        """Re-read backend and status from the run record, through the reader the
+        dispatcher gave the handle (a plain value holds no application object)."""
+        assert self._reader is not None
+        view = self._reader(self.run_id)
         self.backend, self.status = view.backend, view.status
         self.fallback_from, self.error = view.fallback_from, view.error
         return self

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from toolkit.config import RetryPolicy
 from toolkit.errors import (
+    JobTimeout,
     NonRetriableError,
     RunLost,
 )
@@ -64,6 +65,15 @@ class AttemptResult:
 
 
 @dataclass(frozen=True)
+class RunState:
+    """Where a run is, for a transport deciding what to do with a message it could not claim."""
+
+    status: RunStatus
+    attempts: int
+    heartbeat_at: datetime | None
+
+
+@dataclass(frozen=True)
 class Claim:
     run_id: uuid.UUID
     attempt: int
@@ -96,12 +106,18 @@ class Runtime:
 
     # --- whole runs, for in-process executors ---------------------------------------------
 
-    def execute(self, run_id: uuid.UUID, *, sleep: Callable[[float], None] = time.sleep) -> Outcome:
-        """Run attempts until the run is terminal or no longer ours; sleeps out the backoff."""
+    def execute(
+        self, run_id: uuid.UUID, *, sleep: Callable[[float], None] = time.sleep
+    ) -> AttemptResult:
+        """Run attempts until the run is terminal or no longer ours; sleeps out the backoff.
+
+        Returns the last attempt's result (outcome and, for FAILED, the recorded error), so a
+        caller in the same thread knows where the run ended without reading it back.
+        """
         while True:
             result = self.run_attempt(run_id)
             if result.outcome is not Outcome.RETRY:
-                return result.outcome
+                return result
             sleep(result.delay)
 
     def run_attempt(self, run_id: uuid.UUID, *, take_over: bool = False) -> AttemptResult:
@@ -234,8 +250,13 @@ class Runtime:
         *,
         expected: Iterable[RunStatus] = (RunStatus.RUNNING,),
         attempt: int | None = None,
+        backend: str | None = None,
     ) -> bool:
-        """Final failure: FAILED, dead letter and refund commit together or not at all."""
+        """Final failure: FAILED, dead letter and refund commit together or not at all.
+
+        ``backend`` restricts it to a run recorded on that backend, in the same conditional
+        UPDATE: an engine's failure handler must not fail a run a fallback moved elsewhere.
+        """
         with self.db.transaction() as s:
             moved = False
             for status in expected:
@@ -245,6 +266,7 @@ class Runtime:
                     status,
                     RunStatus.FAILED,
                     attempt,
+                    backend=backend,
                     error=error,
                     finished_at=utcnow(),
                 ):
@@ -343,6 +365,7 @@ class Runtime:
         expected: RunStatus,
         target: RunStatus,
         attempt: int | None,
+        backend: str | None = None,
         **values: Any,
     ) -> bool:
         if expected in TERMINAL:  # terminal states never change, whatever a caller asks
@@ -350,12 +373,22 @@ class Runtime:
         query = update(Run).where(Run.id == run_id, Run.status == expected)
         if attempt is not None:
             query = query.where(Run.attempts == attempt)
+        if backend is not None:
+            query = query.where(Run.backend == backend)
         moved = conn.execute(query.values(status=target, **values))
         return moved.rowcount == 1
 
     # --- one attempt ----------------------------------------------------------------------
 
-    def attempt(self, claim: Claim) -> AttemptResult:
+    def attempt(
+        self, claim: Claim, *, time_limit: tuple[type[BaseException], ...] = ()
+    ) -> AttemptResult:
+        """Execute the job function once and record what happened.
+
+        ``time_limit``: exception types a transport raises inside the job function when the
+        job's timeout passed (Celery's soft time limit); they fail the run at once, as
+        :meth:`time_out` does, instead of counting as a retriable error.
+        """
         job = claim.job
         ctx = DatabaseJobContext(self.steps, claim, deadline=time.monotonic() + job.timeout)
         try:
@@ -365,6 +398,8 @@ class Runtime:
             return AttemptResult(Outcome.SKIPPED, claim.attempt)
         except NonRetriableError as exc:
             return self._final(claim, describe(exc))
+        except time_limit:
+            return self.time_out(claim)
         except Exception as exc:  # noqa: BLE001 - job code may raise anything; we record it
             error = describe(exc)
             if claim.attempt >= job.max_attempts:
@@ -388,3 +423,42 @@ class Runtime:
         if self.fail(claim.run_id, error, attempt=claim.attempt):
             return AttemptResult(Outcome.FAILED, claim.attempt, error=error)
         return AttemptResult(Outcome.SKIPPED, claim.attempt)
+
+    # --- for transports ---
+
+    def state(self, run_id: uuid.UUID) -> RunState | None:
+        """Status, attempt and heartbeat of a run, or None if there is no such run.
+
+        For a transport that could not claim a run and must tell a finished run (drop the
+        message) from one whose holder is alive (look again once its heartbeat would be stale).
+        """
+        with self.db.autocommit() as conn:
+            row = conn.execute(
+                select(Run.status, Run.attempts, Run.heartbeat_at).where(Run.id == run_id)
+            ).one_or_none()
+        if row is None:
+            return None
+        return RunState(RunStatus(row.status), row.attempts, row.heartbeat_at)
+
+    def time_out(self, claim: Claim, how: str = "soft time limit") -> AttemptResult:
+        """The transport's own time limit stopped the attempt: a final ``JobTimeout`` failure
+        (dead letter, refund), as when the deadline passes between steps. SKIPPED if the
+        attempt no longer held the run."""
+        job = claim.job
+        error = describe(
+            JobTimeout(f"run exceeded the {job.timeout:g}s timeout of job {job.name!r} ({how})")
+        )
+        return self._final(claim, error)
+
+    def after_fork(self) -> None:
+        """In a freshly forked worker process: drop the database connections inherited from
+        the parent (without closing the parent's) and open one of its own now, so the
+        process's first run does not pay for it. A failure is logged; the first run reports it.
+        """
+        engine = self.db.engine
+        engine.dispose(close=False)
+        try:
+            with engine.connect():
+                pass
+        except Exception as exc:  # noqa: BLE001 - the first run will report it properly
+            log.warning("pool process could not reach the database yet: %s", exc)

@@ -26,14 +26,14 @@ import re
 import threading
 import uuid
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery, Task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import worker_process_init
 
-from toolkit.backends.base import BaseBackend, SubmittedRun
+from toolkit.backends.base import BaseBackend
 from toolkit.backends.celery.config import (
     RATE_LIMIT_URL_ENV,
     TASK_PREFIX,
@@ -43,11 +43,9 @@ from toolkit.backends.celery.config import (
 from toolkit.backends.celery.delivery import Delivery
 from toolkit.backends.celery.ratelimit import RedisTokenBucket, longest_wait
 from toolkit.errors import BackendUnavailable, BrokerConfigError, JobTimeout
-from toolkit.jobs import JobSpec
+from toolkit.jobs import JobRegistry, JobSpec, SubmittedRun
+from toolkit.runtime.lifecycle import Runtime
 from toolkit.store.models import RunStatus
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
 
 log = logging.getLogger("toolkit.backends.celery")
 
@@ -55,8 +53,10 @@ log = logging.getLogger("toolkit.backends.celery")
 class CeleryBackend(BaseBackend):
     name = "celery"
 
-    def __init__(self, toolkit: Toolkit, **options: Any) -> None:
-        super().__init__(toolkit)
+    def __init__(self, runtime: Runtime, jobs: JobRegistry, **options: Any) -> None:
+        """``jobs``: the registry whose jobs get a task each (jobs declared later too)."""
+        super().__init__(runtime)
+        self.jobs = jobs
         try:
             self.settings = CelerySettings(**options)
         except TypeError as exc:
@@ -68,8 +68,8 @@ class CeleryBackend(BaseBackend):
         self._checked: set[tuple[str, int]] = set()
         self._lock = threading.Lock()
         self._limiter: RedisTokenBucket | None = None
-        self.delivery = Delivery(self)
-        for job in self.toolkit.jobs:
+        self.delivery = Delivery(runtime, self.settings, self)
+        for job in self.jobs:
             self.task_for(job)
 
     # --- configuration -------------------------------------------------------------------
@@ -101,7 +101,7 @@ class CeleryBackend(BaseBackend):
 
     def check_job(self, job: JobSpec) -> None:
         """Refuse a job this broker would deliver twice, or a rate limit it cannot enforce."""
-        checked = (job.name, len(self.toolkit.jobs))  # a job declared later may share a limit
+        checked = (job.name, len(self.jobs))  # a job declared later may share a limit
         if checked in self._checked:
             return
         limit = job.rate_limit
@@ -110,7 +110,7 @@ class CeleryBackend(BaseBackend):
                 raise BrokerConfigError(
                     f"job {job.name!r}: rate limit {limit.key!r} needs limit >= 1 and period > 0"
                 )
-            for other in self.toolkit.jobs:
+            for other in self.jobs:
                 if (
                     other.rate_limit
                     and other.rate_limit.key == limit.key
@@ -141,7 +141,7 @@ class CeleryBackend(BaseBackend):
 
     def check_config(self) -> list[JobSpec]:
         """Check every job this worker serves; returns them. Run before taking any work."""
-        jobs = [j for j in self.toolkit.jobs if j.target == self.name] or list(self.toolkit.jobs)
+        jobs = [j for j in self.jobs if j.target == self.name] or list(self.jobs)
         for job in jobs:
             self.check_job(job)
             if job.concurrency is not None:
@@ -178,7 +178,7 @@ class CeleryBackend(BaseBackend):
         return str(job.options.get("queue") or self.settings.queue)
 
     def queues(self) -> list[str]:
-        return sorted({self.queue_for(j) for j in self.toolkit.jobs} | {self.settings.queue})
+        return sorted({self.queue_for(j) for j in self.jobs} | {self.settings.queue})
 
     def task_for(self, job: JobSpec) -> Any:
         """The job's Celery task, registered on first use (jobs may be declared later)."""
@@ -258,7 +258,7 @@ class CeleryBackend(BaseBackend):
     ) -> int:
         """Start a Celery worker in this process for every job; returns its exit code."""
         jobs = self.check_config()
-        for job in self.toolkit.jobs:
+        for job in self.jobs:
             self.task_for(job)
         worker_process_init.connect(self._after_fork, weak=False)
         warnings.filterwarnings(  # we chose False on purpose (see _make_app)
@@ -282,19 +282,12 @@ class CeleryBackend(BaseBackend):
         return int(worker.exitcode or 0)
 
     def _after_fork(self, **_: Any) -> None:
-        # A forked pool child must not share the parent's database sockets; it opens its own
-        # now, so its first run does not pay for the connection.
-        engine = self.toolkit.db.engine
-        engine.dispose(close=False)
-        try:
-            with engine.connect():
-                pass
-        except Exception as exc:  # noqa: BLE001 - the first run will report it properly
-            log.warning("pool process could not reach the database yet: %s", exc)
+        # A forked pool child must not share the parent's database sockets.
+        self.runtime.after_fork()
 
     def fail_after_hard_limit(self, job_name: str, run_id: str, limit: float) -> None:
         """Called in the worker's parent when it killed a child at the hard time limit."""
-        job = self.toolkit.jobs.get(job_name)
+        job = self.jobs.get(job_name)
         error = (
             f"{JobTimeout.__name__}: run exceeded the hard time limit of {limit:g}s of job "
             f"{job.name!r} (timeout {job.timeout:g}s + grace); the worker process was killed"

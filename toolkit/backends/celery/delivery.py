@@ -25,27 +25,27 @@ Nothing is acknowledged that was not handed on.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
 import time
 import uuid
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from toolkit.backends.celery.ratelimit import Verdict
-from toolkit.errors import JobTimeout, ToolkitError, UnknownRun
-from toolkit.jobs import JobContext, JobSpec
-from toolkit.runtime.lifecycle import AttemptResult, Claim, Outcome, Runtime
+from toolkit.backends.celery.config import CelerySettings
+from toolkit.backends.celery.ratelimit import RedisTokenBucket, Verdict
+from toolkit.errors import ToolkitError
+from toolkit.jobs import JobSpec
+from toolkit.runtime.lifecycle import Claim, Outcome, Runtime
 from toolkit.store.models import RunStatus, utcnow
 
-if TYPE_CHECKING:
-    from toolkit.backends.celery.backend import CeleryBackend
-
 log = logging.getLogger("toolkit.backends.celery")
+
+# Raised by billiard inside the job at the job's timeout: the runtime fails the run at once.
+TIME_LIMIT = (SoftTimeLimitExceeded,)
 
 
 class Heartbeat:
@@ -93,11 +93,23 @@ class Heartbeat:
                     self.release(claim)
 
 
+class Transport(Protocol):
+    """What a delivery needs of its backend (``CeleryBackend``): publish and the rate limiter."""
+
+    def publish(
+        self, job: JobSpec, run_id: uuid.UUID, *, countdown: float = 0.0, reserved: bool = False
+    ) -> None: ...
+
+    def limiter(self) -> RedisTokenBucket: ...
+
+
 class Delivery:
-    def __init__(self, backend: CeleryBackend) -> None:
-        self.backend = backend
-        self.runtime = backend.runtime
-        self.settings = backend.settings
+    """Turns one delivered message into runtime calls; see the module docstring."""
+
+    def __init__(self, runtime: Runtime, settings: CelerySettings, transport: Transport) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.transport = transport
         self._heartbeats: dict[int, Heartbeat] = {}
 
     def heartbeat(self) -> Heartbeat:
@@ -134,7 +146,7 @@ class Delivery:
 
     def _deliver(self, job: JobSpec, run_id: uuid.UUID, *, reserved: bool) -> str:
         if job.rate_limit is not None and not reserved:
-            admission = self.backend.limiter().acquire(job.rate_limit)
+            admission = self.transport.limiter().acquire(job.rate_limit)
             if not admission.allowed:
                 self._republish(
                     job,
@@ -151,9 +163,8 @@ class Delivery:
         return self._run(job, claim)
 
     def _not_claimed(self, job: JobSpec, run_id: uuid.UUID) -> str:
-        try:
-            run = self.backend.toolkit.runs.get(run_id)
-        except UnknownRun:
+        run = self.runtime.state(run_id)
+        if run is None:
             log.error("run %s of job %r is not in the database: message dropped", run_id, job.name)
             return "unknown"
         if run.status != RunStatus.RUNNING:
@@ -177,20 +188,14 @@ class Delivery:
         beat = self.heartbeat()
         beat.hold(claim)
         try:
-            result = self.runtime.attempt(_soft_limit_as_timeout(claim))
+            result = self.runtime.attempt(claim, time_limit=TIME_LIMIT)
         except SoftTimeLimitExceeded:  # hit outside the job function, e.g. while completing
-            result = self._timed_out(claim)
+            result = self.runtime.time_out(claim)
         finally:
             beat.release(claim)
         if result.outcome is Outcome.RETRY:
             self._republish(job, claim.run_id, result.delay, why=f"retry {result.attempt + 1}")
         return result.outcome.value
-
-    def _timed_out(self, claim: Claim) -> AttemptResult:
-        error = f"{JobTimeout.__name__}: {_timeout_message(claim.job)}"
-        if self.runtime.fail(claim.run_id, error, attempt=claim.attempt):
-            return AttemptResult(Outcome.FAILED, claim.attempt, error=error)
-        return AttemptResult(Outcome.SKIPPED, claim.attempt)
 
     def _republish(
         self,
@@ -202,29 +207,8 @@ class Delivery:
         why: str,
     ) -> None:
         try:
-            self.backend.publish(job, run_id, countdown=countdown, reserved=reserved)
+            self.transport.publish(job, run_id, countdown=countdown, reserved=reserved)
         except Exception as exc:
             log.warning("run %s: could not re-publish (%s), message requeued: %s", run_id, why, exc)
             raise Reject(f"re-publish failed: {type(exc).__name__}", requeue=True) from exc
         log.debug("run %s re-published with countdown %.3fs: %s", run_id, countdown, why)
-
-
-def _timeout_message(job: JobSpec) -> str:
-    return f"run exceeded the {job.timeout:g}s timeout of job {job.name!r} (soft time limit)"
-
-
-def _soft_limit_as_timeout(claim: Claim) -> Claim:
-    """The claim with a job function that reports Celery's soft time limit as JobTimeout.
-
-    ``JobTimeout`` is non-retriable, so the runtime fails the run at once, with dead letter and
-    refund, as it does when the legacy executor sees the deadline pass between steps.
-    """
-    job, fn = claim.job, claim.job.fn
-
-    def timed(ctx: JobContext, payload: Any) -> Any:
-        try:
-            return fn(ctx, payload)
-        except SoftTimeLimitExceeded as exc:
-            raise JobTimeout(_timeout_message(job)) from exc
-
-    return dataclasses.replace(claim, job=dataclasses.replace(job, fn=timed))

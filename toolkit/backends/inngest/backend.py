@@ -20,19 +20,19 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import inngest
 
-from toolkit.backends.base import BaseBackend, SubmittedRun
+from toolkit.backends.base import BaseBackend
 from toolkit.backends.inngest.functions import (
     JobFunctions,
     function_id,
 )
 from toolkit.backends.inngest.replay import DEFAULT_MAX_AGE, guard_fastapi, guard_flask
 from toolkit.errors import InngestConfigError, InngestSendError
+from toolkit.jobs import JobRegistry, SubmittedRun
+from toolkit.runtime.lifecycle import Runtime
 from toolkit.runtime.serialization import describe
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
-
-    from toolkit.app import Toolkit
 
 APP_ID_ENV = "TOOLKIT_INNGEST_APP_ID"
 DEFAULT_APP_ID = "toolkit"
@@ -45,7 +45,8 @@ class InngestBackend(BaseBackend):
 
     def __init__(
         self,
-        toolkit: Toolkit,
+        runtime: Runtime,
+        jobs: JobRegistry,
         *,
         client: inngest.Inngest | None = None,
         app_id: str | None = None,
@@ -58,7 +59,9 @@ class InngestBackend(BaseBackend):
         unsigned_sync: bool | None = None,
         signature_max_age: float | None = DEFAULT_MAX_AGE,
     ) -> None:
-        super().__init__(toolkit)
+        """``jobs``: the registry the served functions are built from (rebuilt as it grows)."""
+        super().__init__(runtime)
+        self.jobs = jobs
         if signature_max_age is not None and (
             isinstance(signature_max_age, bool)
             or not isinstance(signature_max_age, int | float)
@@ -98,9 +101,9 @@ class InngestBackend(BaseBackend):
 
     def functions(self) -> list[inngest.Function[Any]]:
         """The functions to serve, built from the jobs registered so far (rebuilt on change)."""
-        names = tuple(job.name for job in self.toolkit.jobs if job.target == self.name)
+        names = tuple(job.name for job in self.jobs if job.target == self.name)
         if names != self._built_for:
-            self._functions = self._builder.build(self.toolkit.jobs)
+            self._functions = self._builder.build(self.jobs)
             self._built_for = names
         return list(self._functions)
 
@@ -136,7 +139,7 @@ class InngestBackend(BaseBackend):
 
     def function_id(self, job: str) -> str:
         """The id Inngest knows a job's function by: ``<app_id>-<job>``."""
-        return function_id(self.client, self.toolkit.jobs.get(job))
+        return function_id(self.client, self.jobs.get(job))
 
     def serve_fastapi(self, app: FastAPI, *, serve_path: str = SERVE_PATH) -> None:
         """Add the serve route (GET inspect, PUT sync, POST run) to a FastAPI app."""

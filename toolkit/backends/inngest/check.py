@@ -14,8 +14,9 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from toolkit.backends.inngest.backend import InngestBackend
 from toolkit.backends.inngest.functions import (
     CANCELLED_SUFFIX,
     CLEANUP_RETRIES,
@@ -25,9 +26,6 @@ from toolkit.backends.inngest.functions import (
     IDEMPOTENCY,
 )
 from toolkit.errors import InngestConfigError, SnapshotInvalid, SnapshotMissing
-
-if TYPE_CHECKING:
-    from toolkit.backends.inngest.backend import InngestBackend
 
 SNAPSHOT_VERSION = 1
 DEFAULT_SNAPSHOT = "inngest-functions.json"
@@ -74,7 +72,7 @@ def declared(backend: InngestBackend) -> dict[str, Fields]:
     """Function id → the fields the jobs' declarations imply, computed from the JobSpecs."""
     app = backend.client.app_id
     out: dict[str, Fields] = {}
-    for job in backend.toolkit.jobs:
+    for job in backend.jobs:
         if job.target != backend.name:
             continue
         main = f"{app}-{job.name}"
@@ -121,7 +119,7 @@ def declared(backend: InngestBackend) -> dict[str, Fields]:
 def notes(backend: InngestBackend) -> list[str]:
     """Things that are not drift but an operator should know."""
     by_key: dict[str, list[str]] = defaultdict(list)
-    for job in backend.toolkit.jobs:
+    for job in backend.jobs:
         if job.target == backend.name and job.rate_limit is not None:
             by_key[job.rate_limit.key].append(job.name)
     return [

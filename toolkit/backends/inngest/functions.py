@@ -17,13 +17,12 @@ from datetime import timedelta
 from typing import Any, cast
 
 import inngest
-from sqlalchemy import select
 
 from toolkit.errors import InngestConfigError, NonRetriableError
 from toolkit.jobs import JobContext, JobSpec
 from toolkit.runtime.lifecycle import Runtime
 from toolkit.runtime.serialization import describe, to_json
-from toolkit.store.models import Run, RunStatus
+from toolkit.store.models import RunStatus
 
 START_STEP = "toolkit/start"
 COMPLETE_STEP = "toolkit/complete"
@@ -251,12 +250,13 @@ class JobRunner:
         return {"completed": self.runtime.complete(uuid.UUID(run_id), None, result)}
 
     def _fail(self, run_id: str, error: str) -> dict[str, bool]:
-        rid = uuid.UUID(run_id)
-        with self.runtime.db.transaction() as s:
-            backend = s.scalar(select(Run.backend).where(Run.id == rid))
-        if backend != self.backend:  # a fallback gave it to legacy: not ours to fail
-            return {"failed": False}
-        failed = self.runtime.fail(rid, error, expected=(RunStatus.RUNNING, RunStatus.QUEUED))
+        # Only while the run is still ours: a fallback may have given it to legacy.
+        failed = self.runtime.fail(
+            uuid.UUID(run_id),
+            error,
+            expected=(RunStatus.RUNNING, RunStatus.QUEUED),
+            backend=self.backend,
+        )
         return {"failed": failed}
 
 

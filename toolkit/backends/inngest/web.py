@@ -1,11 +1,14 @@
 """HTTP entry points: the Inngest serve route and an authenticated cron route per batch job.
 
-``create_app(tk)`` builds a FastAPI app with both. To add them to an app you already have:
-``app.include_router(cron_router(tk))`` and ``serve_inngest(app, tk)``.
+``create_app(tk.dispatch, tk.jobs, inngest=tk.backends.get("inngest"))`` builds a FastAPI app
+with both. To add them to an app you already have:
+``app.include_router(cron_router(tk.dispatch, tk.jobs))`` and
+``serve_inngest(app, tk.backends["inngest"])``. They take the parts they use (a dispatch
+callable, the job registry, the backend), not the application object.
 
 The cron route (``GET`` or ``POST /api/cron/<job>``, what Vercel Cron and friends call)
 requires ``Authorization: Bearer <CRON_SECRET>``, compared in constant time; without a
-configured secret it refuses everything with 503. It dispatches through ``tk.dispatch``, so
+configured secret it refuses everything with 503. It dispatches through ``dispatch``, so
 the job's flag decides whether this cron tick runs inline (legacy) or sends an Inngest event.
 """
 
@@ -15,18 +18,18 @@ import hashlib
 import hmac
 import logging
 import os
+import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from toolkit.backends.inngest.backend import SERVE_PATH
+from toolkit.backends.base import BaseBackend
+from toolkit.backends.inngest.backend import SERVE_PATH, InngestBackend
 from toolkit.errors import ConfigError, InvalidInput, ToolkitError
+from toolkit.jobs import JobRegistry
 from toolkit.store.models import RunStatus
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
 
 log = logging.getLogger("toolkit.web")
 
@@ -34,40 +37,63 @@ CRON_SECRET_ENV = "CRON_SECRET"
 CRON_PREFIX = "/api/cron"
 
 
+class Handle(Protocol):
+    """What the cron route reports of a dispatched run (a ``RunHandle`` has all of it)."""
+
+    run_id: uuid.UUID
+    job: str
+    backend: str
+    status: str
+    created: bool
+    route_reason: str | None
+    fallback_from: str | None
+    error: str | None
+
+
+class Dispatch(Protocol):
+    """``Toolkit.dispatch``: the route dispatches through the flag like any other caller."""
+
+    def __call__(
+        self, job: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> Handle: ...
+
+
 def create_app(
-    tk: Toolkit,
+    dispatch: Dispatch,
+    registry: JobRegistry,
     *,
+    inngest: BaseBackend | None = None,
     cron_secret: str | None = None,
     cron_jobs: Iterable[str] | None = None,
     serve_path: str = SERVE_PATH,
 ) -> FastAPI:
-    """The serve route (when the Inngest backend is enabled) and the cron routes."""
+    """The cron routes, and the serve route when ``inngest`` (the Inngest backend) is given."""
     app = FastAPI(title="toolkit", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(cron_router(tk, secret=cron_secret, jobs=cron_jobs))
-    if "inngest" in tk.backends:
-        serve_inngest(app, tk, serve_path=serve_path)
+    app.include_router(cron_router(dispatch, registry, secret=cron_secret, jobs=cron_jobs))
+    if inngest is not None:
+        serve_inngest(app, inngest, serve_path=serve_path)
     return app
 
 
-def serve_inngest(app: FastAPI, tk: Toolkit, *, serve_path: str = SERVE_PATH) -> None:
-    """Add Inngest's serve route for the app's Inngest backend (signatures verified in
-    production mode)."""
-    from toolkit.backends.inngest.backend import InngestBackend
-
-    backend = tk.backends.get("inngest")
+def serve_inngest(
+    app: FastAPI, backend: BaseBackend | None, *, serve_path: str = SERVE_PATH
+) -> None:
+    """Add Inngest's serve route for ``backend`` (signatures verified in production mode)."""
     if not isinstance(backend, InngestBackend):
         raise ConfigError("no Inngest backend: call tk.use_backend('inngest') first")
     backend.serve_fastapi(app, serve_path=serve_path)
 
 
 def cron_router(
-    tk: Toolkit,
+    dispatch: Dispatch,
+    registry: JobRegistry,
     *,
     secret: str | None = None,
     jobs: Iterable[str] | None = None,
     prefix: str = CRON_PREFIX,
 ) -> APIRouter:
-    """``/api/cron/<job>`` for ``jobs`` (default: every job without a cost, i.e. batch work).
+    """``/api/cron/<job>`` for ``jobs`` of ``registry`` (default: every job without a cost,
+    i.e. batch work), each request dispatched through ``dispatch``.
 
     ``secret`` defaults to the ``CRON_SECRET`` environment variable, read per request.
     """
@@ -78,9 +104,9 @@ def cron_router(
         return secret if secret is not None else os.environ.get(CRON_SECRET_ENV, "")
 
     def is_cron_job(name: str) -> bool:
-        if name not in tk.jobs:
+        if name not in registry:
             return False
-        return name in exposed if exposed is not None else tk.jobs.get(name).cost == 0
+        return name in exposed if exposed is not None else registry.get(name).cost == 0
 
     # A plain ``def``: FastAPI runs it on its thread pool, so a legacy run that executes
     # inline (blocking mode) does not stall the event loop.
@@ -93,7 +119,7 @@ def cron_router(
         if not is_cron_job(job):
             return _error(404, "unknown_job", f"no cron route for job {job!r}")
         try:
-            handle = tk.dispatch(job, None, idempotency_key=idempotency_key)
+            handle = dispatch(job, None, idempotency_key=idempotency_key)
         except InvalidInput as exc:
             return _error(400, exc.code, exc.message)
         except ToolkitError as exc:
