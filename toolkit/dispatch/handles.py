@@ -6,13 +6,11 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from toolkit.backends.base import SubmittedRun
 from toolkit.errors import InvalidInput, InvalidPayload
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
+from toolkit.store.runs import RunQueries
 
 
 @dataclass(frozen=True)
@@ -58,12 +56,12 @@ class RunHandle:
     route_reason: str | None = None
     fallback_from: str | None = None
     error: str | None = None
-    _toolkit: Toolkit | None = field(default=None, repr=False, compare=False)
+    _runs: RunQueries | None = field(default=None, repr=False, compare=False)
 
     def refresh(self) -> RunHandle:
         """Re-read backend and status from the run record."""
-        assert self._toolkit is not None
-        view = self._toolkit.runs.get(self.run_id)
+        assert self._runs is not None
+        view = self._runs.get(self.run_id)
         self.backend, self.status = view.backend, view.status
         self.fallback_from, self.error = view.fallback_from, view.error
         return self

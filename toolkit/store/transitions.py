@@ -19,7 +19,7 @@ from toolkit.store.models import DeadLetter, Run, RunStatus
 QUEUED, RUNNING = RunStatus.QUEUED.value, RunStatus.RUNNING.value
 
 
-def _claim(*, take_over: bool, stale: bool) -> Update:
+def _claim(*, queued: bool = True, take_over: bool, stale: bool) -> Update:
     claimable: Any = Run.status == QUEUED
     if take_over:
         running: Any = Run.status == RUNNING
@@ -28,7 +28,7 @@ def _claim(*, take_over: bool, stale: bool) -> Update:
                 running,
                 or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < bindparam("stale_before")),
             )
-        claimable = or_(claimable, running)
+        claimable = or_(claimable, running) if queued else running
     now = bindparam("now", type_=Run.started_at.type)
     return (
         update(Run)
@@ -40,7 +40,7 @@ def _claim(*, take_over: bool, stale: bool) -> Update:
             heartbeat_at=now,
             next_attempt_at=None,
         )
-        .returning(Run.job, Run.attempts, Run.payload)
+        .returning(Run.job, Run.attempts, Run.payload, Run.backend)
     )
 
 
@@ -57,6 +57,11 @@ class Transitions:
         self.claim = {
             (take_over, stale): _claim(take_over=take_over, stale=stale)
             for take_over, stale in ((False, False), (True, False), (True, True))
+        }
+        # Only the take-over half, by stale: with a listener, a take-over claim first tries
+        # the plain claim and then this, so the event can say which one it was.
+        self.take_over = {
+            stale: _claim(queued=False, take_over=True, stale=stale) for stale in (False, True)
         }
         self.complete = {
             attempt: update(Run)
@@ -76,6 +81,38 @@ class Transitions:
                 status=QUEUED,
                 error=bindparam("error"),
                 next_attempt_at=bindparam("next_attempt_at", type_=Run.next_attempt_at.type),
+            )
+        )
+        # With a listener: the same statements, telling the event which run it was.
+        self.complete_said = {
+            attempt: stmt.returning(Run.job, Run.backend, Run.attempts)
+            for attempt, stmt in self.complete.items()
+        }
+        self.requeue_said = self.requeue.returning(Run.job, Run.backend)
+        self.fall_back = (
+            update(Run)
+            .where(Run.id == bindparam("run_id"), Run.status == QUEUED)
+            .values(
+                backend=bindparam("backend"),
+                fallback_from=bindparam("fallback_from"),
+                route_reason=bindparam("route_reason"),
+            )
+            .returning(Run.job)
+        )
+        self.reroute = (
+            update(Run)
+            .where(
+                Run.id == bindparam("run_id"),
+                Run.status == bindparam("seen_status"),
+                Run.recoveries == bindparam("seen_recoveries"),
+                Run.attempts == bindparam("seen_attempts"),
+            )
+            .values(
+                status=QUEUED,
+                backend=bindparam("backend"),
+                recoveries=bindparam("recoveries"),
+                next_attempt_at=bindparam("now", type_=Run.next_attempt_at.type),
+                route_reason=bindparam("route_reason"),
             )
         )
         self.heartbeat = (
