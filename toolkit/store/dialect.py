@@ -65,14 +65,3 @@ class Dialect:
         return ()
 
     # --- reads (report, snapshot) --------------------------------------------------------------
-
-
-def for_name(name: str) -> Dialect:
-    """The dialect for SQLAlchemy's dialect ``name``."""
-    if name == "postgresql":
-        from toolkit.store.postgres import Postgres
-
-        return Postgres()
-    from toolkit.store.sqlite import SQLite
-
-    return SQLite()

@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from toolkit.errors import ConfigError, DatabaseError
 from toolkit.events import Events, RunEvent
-from toolkit.store.dialect import for_name
+from toolkit.store.dialect import Dialect
+from toolkit.store.postgres import Postgres
+from toolkit.store.sqlite import SQLite
 
 VERSION_TABLE = "toolkit_alembic_version"
 # Where a session keeps the events of its transaction until it commits (Session.info).
@@ -126,6 +128,11 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_begin_immediate(conn: Any) -> None:
     """Take the write lock at BEGIN so read-then-write transactions cannot deadlock-upgrade."""
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def for_name(name: str) -> Dialect:
+    """The dialect for SQLAlchemy's dialect ``name``."""
+    return Postgres() if name == "postgresql" else SQLite()
 
 
 class Database:

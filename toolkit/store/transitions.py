@@ -1,10 +1,11 @@
-"""The hot state transitions as statements built once, executed with parameters; and the
-final failure of many runs, which the runtime and the maintenance sweeps both build on.
+"""The run transitions as statements built once, executed with parameters; and the final
+failure of many runs, which :class:`~toolkit.store.lifecycle.RunStore` and the one-statement
+maintenance batches both build on.
 
 Building an ``update(Run).where(...)`` costs more CPU than running it (every call coerces
 each clause and computes a cache key), and claim, heartbeat and complete run for every run
-on every worker. These are built once per :class:`Runtime`; each is a single
-conditional UPDATE, atomic on its own, so callers run them with ``Database.autocommit()``.
+on every worker. These are built once per :class:`RunStore`; each is a single conditional
+UPDATE, atomic on its own, so the store runs the hot ones with ``Database.autocommit()``.
 """
 
 from __future__ import annotations
