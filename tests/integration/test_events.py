@@ -28,6 +28,7 @@ from toolkit.events import (
     StepFinished,
 )
 from toolkit.maintenance import operations as maintenance_ops
+from toolkit.store import lifecycle, records, steps
 from toolkit.store.models import RunStatus
 
 
@@ -234,3 +235,24 @@ def test_cleanup_sweep_emits_failed_then_refunded_per_run(tk: Toolkit) -> None:
     assert all("orphaned" in (e.error or "") for e in failed)  # type: ignore[attr-defined]
     assert {e.job for e in failed} == {"prediction-session"}
     committed(heard)
+
+
+def test_with_no_listener_no_event_is_built(
+    tk: Toolkit, job: Calls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot paths test for listeners before building an event: none is built here."""
+
+    def built(**_: object) -> RunEvent:
+        raise AssertionError("an event was built with no listener registered")
+
+    for module, names in (
+        (lifecycle, ("RunStarted", "RunCompleted", "RunRetried", "RunFailed")),
+        (records, ("RunQueued",)),
+        (steps, ("StepFinished",)),
+    ):
+        for name in names:
+            monkeypatch.setattr(module, name, built)
+    job.fail_next("predict-gpt", 1)
+    handle = tk.dispatch("prediction-session", SESSION, key="u1", account="u1")
+    assert tk.runtime.execute(handle.run_id, sleep=lambda _: None).value == "completed"
+    assert not tk.events.listeners
