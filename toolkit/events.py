@@ -96,7 +96,9 @@ class RunCancelled(RunEvent):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RunRefunded(RunEvent):
-    """A FAILED or CANCELLED run's debit went back to its account (once per run)."""
+    """A FAILED or CANCELLED run's debit went back to its account (once per run). Follows the
+    run's RunFailed or RunCancelled; ``status``, ``job`` and ``backend`` are only filled in
+    where the refund path read them anyway (the maintenance batches)."""
 
     account: str = ""
     amount: int = 0
