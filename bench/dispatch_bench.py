@@ -314,7 +314,7 @@ def profile(bench: Bench, n_single: int, n_batch: int, top: int) -> dict[str, st
 
 
 WRAPPED = ("dispatch", "_validate", "route", "connect", "debit_in", "claim", "complete", "get",
-           "dispatch_many", "_insert_batch", "_submit")  # fmt: skip
+           "dispatch_many", "record_many", "_submit")  # fmt: skip
 
 
 def breakdown(bench: Bench, n: int, batch: int) -> dict[str, dict[str, float]]:
@@ -350,7 +350,7 @@ def breakdown(bench: Bench, n: int, batch: int) -> dict[str, dict[str, float]]:
     wrap(tk.runtime, "complete", "runtime.complete (autocommit UPDATE)")
     wrap(tk.runs, "get", "handle.refresh -> runs.get (autocommit SELECT)")
     wrap(tk.dispatcher, "dispatch_many", "tk.dispatch_many (total)")
-    wrap(tk.dispatcher, "_insert_batch", "_insert_batch (txn: Core INSERT of the batch)")
+    wrap(tk.records, "record_many", "records.record_many (txn: Core INSERT of the batch)")
     wrap(tk.dispatcher, "_submit", "_submit (handles + backend.submit)")
     out: dict[str, dict[str, float]] = {}
     try:
@@ -389,7 +389,7 @@ def breakdown(bench: Bench, n: int, batch: int) -> dict[str, dict[str, float]]:
             "total": (time.perf_counter() - start) / batch * 1e3
         }
     finally:
-        for obj in (tk.dispatcher, tk.db.engine.pool, tk.credits, tk.runtime, tk.runs):
+        for obj in (tk.dispatcher, tk.db.engine.pool, tk.credits, tk.runtime, tk.runs, tk.records):
             for attr in [a for a in WRAPPED if a in vars(obj)]:
                 delattr(obj, attr)
     return out

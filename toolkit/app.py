@@ -17,15 +17,19 @@ from toolkit.backends.legacy import LegacyBackend, LegacyMode
 from toolkit.config import LEGACY
 from toolkit.dispatch.dispatcher import Dispatcher, DispatchRequest, Route, RunHandle
 from toolkit.errors import ConfigError, InvalidInput
+from toolkit.events import Events, Listener, RunEvent
 from toolkit.flags.provider import RolloutProvider
 from toolkit.jobs import JobFunction, JobRegistry, JobSpec, RateLimit, make_spec
 from toolkit.runtime.lifecycle import Runtime
 from toolkit.store.audit import AuditLog, default_actor
 from toolkit.store.credits import Credits
 from toolkit.store.engine import Database
+from toolkit.store.lifecycle import RunStore
 from toolkit.store.models import RolloutState
+from toolkit.store.records import RunRecords
 from toolkit.store.rollouts import RolloutStore, RolloutView
 from toolkit.store.runs import RunQueries, parse_run_id
+from toolkit.store.sweeps import SweepStore
 
 
 class Toolkit:
@@ -50,14 +54,21 @@ class Toolkit:
     ) -> None:
         if flag_cache_ttl < 0 or flag_cache_ttl > 1.0:
             raise ConfigError("flag_cache_ttl must be between 0 and 1 second")
-        self.db = Database(config.database_url(database_url), **dict(engine_options or {}))
+        #: The lifecycle listeners (:meth:`on`).
+        self.events = Events()
+        url = config.database_url(database_url)
+        self.db = Database(url, events=self.events, **dict(engine_options or {}))
         self.jobs = JobRegistry()
+        # The store: every write to the toolkit's tables goes through these.
         self.credits = Credits(self.db)
+        self.store = RunStore(self.db, self.credits)
+        self.records = RunRecords(self.db, self.credits)
+        self.sweeps = SweepStore(self.store)
         self.audit = AuditLog(self.db)
         self.rollouts = RolloutStore(self.db)
         self.runs = RunQueries(self.db)
         self.runtime = Runtime(
-            self.db, self.credits, self.jobs, base_delay=retry_base_delay, max_delay=retry_max_delay
+            self.store, self.jobs, base_delay=retry_base_delay, max_delay=retry_max_delay
         )
         self.legacy = LegacyBackend(self.runtime, mode=legacy_mode, max_workers=legacy_workers)
         self.backends: dict[str, BaseBackend] = {LEGACY: self.legacy}
@@ -66,7 +77,34 @@ class Toolkit:
         # A domain of our own: the global OpenFeature default provider stays the host app's.
         self.flag_domain = f"toolkit-{uuid.uuid4().hex[:12]}"
         openfeature_api.set_provider_and_wait(self.provider, self.flag_domain)
-        self.dispatcher = Dispatcher(self, openfeature_api.get_client(self.flag_domain))
+        self.dispatcher = Dispatcher(
+            jobs=self.jobs,
+            client=openfeature_api.get_client(self.flag_domain),
+            records=self.records,
+            runs=self.store,
+            reads=self.runs,
+            backends=self.backends,
+            legacy=self.legacy,
+        )
+
+    # --- listening -----------------------------------------------------------------------------
+
+    def on(self, kind: type[RunEvent] | Listener, listener: Listener | None = None) -> Any:
+        """Listen to lifecycle events: each transition, once, after its commit.
+
+        ``tk.on(fn)`` hears every event; ``tk.on(RunFailed, fn)`` one type (and its
+        subclasses); ``@tk.on(RunFailed)`` decorates. A listener runs in the thread that made
+        the transition; one that raises is logged and never breaks the run::
+
+            from toolkit.events import RunFailed
+
+            @tk.on(RunFailed)
+            def alert(event: RunFailed) -> None:
+                pager.send(f"{event.job} run {event.run_id} failed: {event.error}")
+
+        Returns the listener; ``tk.events.off(listener)`` removes it.
+        """
+        return self.events.on(kind, listener)
 
     # --- declaring ---------------------------------------------------------------------------
 

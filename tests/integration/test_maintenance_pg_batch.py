@@ -1,6 +1,6 @@
 """On PostgreSQL a refund or cleanup batch is one statement (:mod:`toolkit.store.batches`);
 it must leave exactly what the generic batch (locking SELECT, then ``Credits.refund_many_in``
-or ``Runtime.fail_many_in``) leaves: the same statuses, errors, dead letters, refunds, balances
+or ``RunStore.fail_many_in``) leaves: the same statuses, errors, dead letters, refunds, balances
 and audit entries, run for run."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tests.maintenance_fixture import (
 )
 from toolkit import Toolkit
 from toolkit.maintenance import operations as maintenance_ops
-from toolkit.maintenance.sweep import Filters, Sweep
+from toolkit.maintenance.sweep import Filters
 from toolkit.store.models import AuditEntry, CreditEntry, DeadLetter, Run
 
 pytestmark = pytest.mark.postgres
@@ -96,11 +96,11 @@ def audits(tk: Toolkit, job: str) -> dict[str, Any]:
     return totals
 
 
-def generic(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The batch as on SQLite: the locking SELECT, then the sweep's ``apply``."""
-    for sweep in (maintenance_ops.RefundSweep, maintenance_ops.CleanupSweep):
-        monkeypatch.setattr(sweep, "take", Sweep.take)
-    monkeypatch.setattr(maintenance_ops, "_applying", lambda tk: ())
+def generic(tk: Toolkit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch as on SQLite: the store's locking SELECT, then ``Credits.refund_many_in`` or
+    ``RunStore.fail_many_in`` (the dialect says a batch is not one statement)."""
+    assert tk.db.sql.one_statement_batches
+    monkeypatch.setattr(tk.db.sql, "one_statement_batches", False)
 
 
 @pytest.mark.parametrize("action", ["refund", "cleanup"])
@@ -121,7 +121,7 @@ def test_one_statement_batch_equals_the_generic_batch(
 
     one = sweep(tk, Filters(job=OTHER_JOB, batch_size=2), apply=True, **options)
     with monkeypatch.context() as m:
-        generic(m)
+        generic(tk, m)
         two = sweep(tk, Filters(job=JOB, batch_size=2), apply=True, **options)
 
     assert one.changed == two.changed > 0 and one.batches == two.batches

@@ -7,19 +7,18 @@ run that is already in flight.
 
 from __future__ import annotations
 
-import logging
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from openfeature.client import OpenFeatureClient
 from openfeature.evaluation_context import EvaluationContext
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from toolkit.backends.base import BaseBackend
+from toolkit.backends.legacy import LegacyBackend
 from toolkit.config import LEGACY
 from toolkit.dispatch.handles import (
     DispatchRequest,
@@ -31,29 +30,43 @@ from toolkit.dispatch.handles import (
     check_str,
 )
 from toolkit.errors import BackendUnavailable, InvalidInput
-from toolkit.jobs import JobSpec, SubmittedRun
-from toolkit.runtime.lifecycle import AttemptResult, Outcome
-from toolkit.store.models import CreditEntry, LedgerKind, Run, RunStatus, utcnow
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
+from toolkit.jobs import JobRegistry, JobSpec, SubmittedRun
+from toolkit.runtime.claims import AttemptResult, Outcome
+from toolkit.store.lifecycle import RunStore
+from toolkit.store.models import Run, RunStatus, utcnow
+from toolkit.store.records import RunRecords
+from toolkit.store.runs import RunQueries
 
 __all__ = ["DispatchRequest", "Dispatcher", "Reroute", "Route", "RunHandle"]
 
-log = logging.getLogger("toolkit.dispatcher")
+Planned = tuple[uuid.UUID, DispatchRequest, Route]
 
 
 class Dispatcher:
-    def __init__(self, toolkit: Toolkit, client: OpenFeatureClient) -> None:
-        self._tk = toolkit
+    """Routes, records and hands over runs; the writes are the store's (``records``, ``runs``).
+
+    ``backends`` is the live mapping of enabled backends (legacy included); ``reads`` gives
+    the handles their ``refresh``.
+    """
+
+    def __init__(
+        self,
+        *,
+        jobs: JobRegistry,
+        client: OpenFeatureClient,
+        records: RunRecords,
+        runs: RunStore,
+        reads: RunQueries,
+        backends: Mapping[str, BaseBackend],
+        legacy: LegacyBackend,
+    ) -> None:
+        self._jobs = jobs
         self._client = client
-        # Built once: statement construction costs more CPU than a dispatch's own work.
-        self._insert_run = insert(Run)
-        self._insert_run_once = (
-            toolkit.db.insert(Run)
-            .on_conflict_do_nothing(index_elements=["job", "idempotency_key"])
-            .returning(Run.id)
-        )
+        self._records = records
+        self._runs = runs
+        self._reads = reads
+        self._backends = backends
+        self._legacy = legacy
 
     # --- routing ---------------------------------------------------------------------------
 
@@ -70,7 +83,7 @@ class Dispatcher:
             error = f"{details.error_code}: {details.error_message or ''}".strip()
             return Route(job.name, key, LEGACY, f"flag error ({reason})", details.variant, error)
         backend = details.value
-        if backend != LEGACY and backend not in self._tk.backends:
+        if backend != LEGACY and backend not in self._backends:
             return Route(
                 job.name,
                 key,
@@ -95,124 +108,46 @@ class Dispatcher:
         idempotency_key: str | None = None,
         account: str | None = None,
     ) -> RunHandle:
-        job = self._tk.jobs.get(job_name)
+        job = self._jobs.get(job_name)
         request = self._validate(job, DispatchRequest(payload, key, idempotency_key, account))
         run_id = uuid.uuid4()
         route = self.route(job, request.key or str(run_id))
         row = self._row(job, request, run_id, route)
-        existing = self._record_with_debit(job, row) if job.cost else self._record(row)
+        records = self._records
+        existing = records.record_with_debit(row, job.cost) if job.cost else records.record(row)
         if existing is not None:
-            return existing
+            return self._handle(existing, created=False)
         return self._submit(job, [(run_id, request, route)])[0]
-
-    def _record(self, row: dict[str, Any]) -> RunHandle | None:
-        """Insert the run: one statement, committed by itself (no debit to commit with it).
-
-        With an idempotency key, the insert does nothing on a duplicate and the existing run is
-        returned; a concurrent dispatch with the same key cannot win in between.
-        """
-        with self._tk.db.autocommit() as conn:
-            if row["idempotency_key"] is None:
-                conn.execute(self._insert_run, row)
-                return None
-            if conn.execute(self._insert_run_once, row).first() is not None:
-                return None
-            existing = self._existing(conn, row["job"], [row["idempotency_key"]])
-        return self._handle(existing[row["idempotency_key"]], created=False)
-
-    def _record_with_debit(self, job: JobSpec, row: dict[str, Any]) -> RunHandle | None:
-        """Insert the run and debit its account in one transaction: both or neither."""
-        ikey = row["idempotency_key"]
-        try:
-            with self._tk.db.connect() as conn:
-                if ikey is not None:
-                    existing = self._existing(conn, job.name, [ikey])
-                    if existing:
-                        return self._handle(existing[ikey], created=False)
-                conn.execute(self._insert_run, row)
-                self._tk.credits.debit_in(conn, row["account"], row["id"], job.cost)
-        except IntegrityError:
-            # A concurrent dispatch with the same idempotency key won the insert.
-            with self._tk.db.connect() as conn:
-                existing = self._existing(conn, job.name, [ikey or ""])
-            if not existing:
-                raise
-            return self._handle(existing[ikey or ""], created=False)
-        return None
 
     def dispatch_many(
         self, job_name: str, requests: Iterable[DispatchRequest | Mapping[str, Any] | Any]
     ) -> list[RunHandle]:
         """A batch fan-out: every run and every debit in one transaction, then hand-over."""
-        job = self._tk.jobs.get(job_name)
+        job = self._jobs.get(job_name)
         batch = [self._validate(job, as_request(r)) for r in requests]
         if not batch:
             return []
-        planned: list[tuple[uuid.UUID, DispatchRequest, Route]] = []
+        planned: list[Planned] = []
         for request in batch:
             run_id = uuid.uuid4()
             planned.append((run_id, request, self.route(job, request.key or str(run_id))))
         keys = [r.idempotency_key for r in batch if r.idempotency_key is not None]
+        rows = [self._row(job, request, run_id, route) for run_id, request, route in planned]
         try:
-            handles, fresh = self._insert_batch(job, planned, keys)
+            existing, fresh = self._records.record_many(job.name, rows, keys, job.cost)
         except IntegrityError:  # lost a race on an idempotency key: the winners' runs exist now
-            handles, fresh = self._insert_batch(job, planned, keys)
-        submitted = iter(self._submit(job, fresh))
-        return [h if h is not None else next(submitted) for h in handles]
-
-    def _insert_batch(
-        self, job: JobSpec, planned: list[tuple[uuid.UUID, DispatchRequest, Route]], keys: list[str]
-    ) -> tuple[list[RunHandle | None], list[tuple[uuid.UUID, DispatchRequest, Route]]]:
-        handles: list[RunHandle | None] = []
-        fresh: list[tuple[uuid.UUID, DispatchRequest, Route]] = []
-        with self._tk.db.connect() as s:
-            existing = self._existing(s, job.name, keys) if keys else {}
-            first_in_batch: dict[str, uuid.UUID] = {}
-            for run_id, request, route in planned:
-                ikey = request.idempotency_key
-                if ikey is not None and ikey in existing:
-                    handles.append(self._handle(existing[ikey], created=False))
-                    continue
-                if ikey is not None and ikey in first_in_batch:
-                    raise InvalidInput(f"idempotency key {ikey!r} appears twice in one batch")
-                if ikey is not None:
-                    first_in_batch[ikey] = run_id
-                handles.append(None)
-                fresh.append((run_id, request, route))
-            if fresh:
-                # Insert in idempotency-key order: two batches sharing keys then take the unique
-                # index's locks in the same order, so they wait on each other, never deadlock.
-                rows = [self._row(job, r, i, ro) for i, r, ro in fresh]
-                rows.sort(
-                    key=lambda row: (row["idempotency_key"] is None, row["idempotency_key"] or "")
-                )
-                s.execute(insert(Run), rows)
-                if job.cost:
-                    self._debit_batch(s, job, fresh)
-        return handles, fresh
-
-    def _debit_batch(
-        self, s: Connection, job: JobSpec, fresh: list[tuple[uuid.UUID, DispatchRequest, Route]]
-    ) -> None:
-        per_account: dict[str, list[uuid.UUID]] = defaultdict(list)
-        for run_id, request, _ in fresh:
-            assert request.account is not None
-            per_account[request.account].append(run_id)
-        for account, run_ids in sorted(per_account.items()):  # fixed lock order
-            self._tk.credits.spend_in(s, account, job.cost * len(run_ids))
-            s.execute(
-                insert(CreditEntry),
-                [
-                    {
-                        "account": account,
-                        "run_id": rid,
-                        "kind": LedgerKind.DEBIT.value,
-                        "amount": job.cost,
-                        "created_at": utcnow(),
-                    }
-                    for rid in run_ids
-                ],
-            )
+            existing, fresh = self._records.record_many(job.name, rows, keys, job.cost)
+        inserted = {row["id"] for row in fresh}
+        submitted = iter(self._submit(job, [p for p in planned if p[0] in inserted]))
+        handles: list[RunHandle] = []
+        for run_id, request, _ in planned:
+            ikey = request.idempotency_key
+            if run_id in inserted:
+                handles.append(next(submitted))
+            else:
+                assert ikey is not None
+                handles.append(self._handle(existing[ikey], created=False))
+        return handles
 
     # --- hand-over and fallback ------------------------------------------------------------
 
@@ -227,7 +162,7 @@ class Dispatcher:
                 route.backend,
                 RunStatus.QUEUED.value,
                 route_reason=route.reason,
-                _reader=self._tk.runs.get,
+                _reader=self._reads.get,
             )
             submitted = SubmittedRun(run_id, job, request.payload, request.key or str(run_id))
             self._hand_over(job, submitted, handle)
@@ -254,27 +189,21 @@ class Dispatcher:
     def _fallback(
         self, job: JobSpec, run: SubmittedRun, handle: RunHandle, exc: BackendUnavailable
     ) -> AttemptResult | None:
+        """The backend refused the run: to legacy if the job allows it (and legacy takes it,
+        whose result is returned), otherwise the run fails ("not submitted") and its debit is
+        refunded."""
         reason = str(exc)
-        log.warning("backend %s refused run %s: %s", handle.backend, run.run_id, reason)
-        if job.fallback == "legacy" and handle.backend != LEGACY:
-            with self._tk.db.transaction() as s:
-                moved = s.execute(
-                    update(Run)
-                    .where(Run.id == run.run_id, Run.status == RunStatus.QUEUED)
-                    .values(
-                        backend=LEGACY,
-                        fallback_from=handle.backend,
-                        route_reason=f"fallback: {reason}"[:500],
-                    )
-                ).rowcount  # type: ignore[attr-defined]
-            if moved == 1:
-                handle.fallback_from, handle.backend = handle.backend, LEGACY
-                handle.route_reason = f"fallback: {reason}"
-                try:
-                    return self._tk.legacy.submit(run)
-                except BackendUnavailable as again:
-                    reason = f"{reason}; legacy fallback also failed: {again}"
-        self._tk.runtime.fail(run.run_id, f"not submitted: {reason}", expected=(RunStatus.QUEUED,))
+        fallback = job.fallback == "legacy" and handle.backend != LEGACY
+        if fallback and self._runs.fall_back(
+            run.run_id, from_backend=handle.backend, to=LEGACY, reason=reason
+        ):
+            handle.fallback_from, handle.backend = handle.backend, LEGACY
+            handle.route_reason = f"fallback: {reason}"
+            try:
+                return self._legacy.submit(run)
+            except BackendUnavailable as again:
+                reason = f"{reason}; legacy fallback also failed: {again}"
+        self._runs.fail(run.run_id, f"not submitted: {reason}", expected=(RunStatus.QUEUED,))
         handle.status, handle.error = RunStatus.FAILED.value, f"not submitted: {reason}"
         return None
 
@@ -303,32 +232,22 @@ class Dispatcher:
         provider may read the database: on SQLite that read would wait for this transaction's
         write lock.
         """
-        row = s.execute(
-            select(Run.job, Run.payload, Run.targeting_key, Run.backend).where(Run.id == run_id)
-        ).one_or_none()
+        row = self._runs.recovery_row(s, run_id)
         if row is None:
             return None
-        job = self._tk.jobs.get(row.job)
+        job = self._jobs.get(row.job)
         if route is None:
             route = self.route(job, row.targeting_key)
         reason = route.reason if route.error is None else f"{route.reason}: {route.error}"
-        moved = s.execute(
-            update(Run)
-            .where(
-                Run.id == run_id,
-                Run.status == status,
-                Run.recoveries == recoveries,
-                Run.attempts == attempts,
-            )
-            .values(
-                status=RunStatus.QUEUED.value,
-                backend=route.backend,
-                recoveries=recoveries + 1,
-                next_attempt_at=utcnow(),
-                route_reason=f"recovery {recoveries + 1}: {reason}"[:500],
-            )
-        )
-        if moved.rowcount != 1:  # type: ignore[attr-defined]
+        if not self._runs.reroute_in(
+            s,
+            run_id,
+            seen=(status, recoveries, attempts),
+            backend=route.backend,
+            route_reason=f"recovery {recoveries + 1}: {reason}",
+            job=row.job,
+            previous_backend=row.backend,
+        ):
             return None
         submitted = SubmittedRun(run_id, job, row.payload, row.targeting_key)
         return Reroute(submitted, route, row.backend, recoveries + 1)
@@ -342,7 +261,7 @@ class Dispatcher:
             route.backend,
             RunStatus.QUEUED.value,
             route_reason=f"recovery {reroute.recovery}: {route.reason}",
-            _reader=self._tk.runs.get,
+            _reader=self._reads.get,
         )
         self._hand_over(run.job, run, handle)
         return handle
@@ -351,14 +270,14 @@ class Dispatcher:
         self, run_id: uuid.UUID, *, status: str, recoveries: int, attempts: int
     ) -> RunHandle | None:
         """:meth:`reroute_in` in a transaction of its own, then :meth:`resubmit`."""
-        with self._tk.db.transaction() as s:
+        with self._runs.db.transaction() as s:
             row = s.execute(
                 select(Run.job, Run.targeting_key).where(Run.id == run_id)
             ).one_or_none()
         if row is None:
             return None
-        route = self.route(self._tk.jobs.get(row.job), row.targeting_key)
-        with self._tk.db.transaction() as s:
+        route = self.route(self._jobs.get(row.job), row.targeting_key)
+        with self._runs.db.transaction() as s:
             reroute = self.reroute_in(
                 s, run_id, status=status, recoveries=recoveries, attempts=attempts, route=route
             )
@@ -367,7 +286,7 @@ class Dispatcher:
     # --- helpers ---------------------------------------------------------------------------
 
     def _backend(self, name: str) -> BaseBackend:
-        return self._tk.legacy if name == LEGACY else self._tk.backends[name]
+        return self._legacy if name == LEGACY else self._backends[name]
 
     def _validate(self, job: JobSpec, request: DispatchRequest) -> DispatchRequest:
         key = check_str("key", request.key)
@@ -398,23 +317,7 @@ class Dispatcher:
             "created_at": utcnow(),
         }
 
-    @staticmethod
-    def _existing(s: Session | Connection, job: str, keys: list[str]) -> dict[str, Any]:
-        rows = s.execute(
-            select(
-                Run.id,
-                Run.job,
-                Run.backend,
-                Run.status,
-                Run.route_reason,
-                Run.fallback_from,
-                Run.error,
-                Run.idempotency_key,
-            ).where(Run.job == job, Run.idempotency_key.in_(keys))
-        ).all()
-        return {r.idempotency_key: r for r in rows}
-
-    def _handle(self, run: Any, *, created: bool) -> RunHandle:
+    def _handle(self, run: Row[Any], *, created: bool) -> RunHandle:
         return RunHandle(
             run.id,
             run.job,
@@ -424,5 +327,5 @@ class Dispatcher:
             route_reason=run.route_reason,
             fallback_from=run.fallback_from,
             error=run.error,
-            _reader=self._tk.runs.get,
+            _reader=self._reads.get,
         )

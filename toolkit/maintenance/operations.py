@@ -2,8 +2,8 @@
 
 Each one only says which runs it wants and what to do with a batch; paging, locking, the
 per-batch transaction and the audit entry are :mod:`toolkit.maintenance.sweep`'s. They work through
-the dispatcher, the runtime and the backends' common protocol, so they treat every backend
-alike.
+the dispatcher and the store (:class:`toolkit.store.sweeps.SweepStore`: refund and cleanup
+act on a locked page the way the database does it best), so they treat every backend alike.
 
 - **recover**: runs QUEUED longer than ``older_than`` without being started (counted from the
   moment they became startable: dispatch, retry due time, or last recovery), or RUNNING with a
@@ -20,7 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Row, Select, exists, func, select
 from sqlalchemy.orm import Session, aliased
@@ -33,16 +33,14 @@ from toolkit.maintenance.sweep import (
     BULK_BATCH,
     Change,
     Filters,
+    Parts,
     Report,
     Sweep,
     Sweeper,
     check_filters,
 )
-from toolkit.store.batches import DEBIT_COLUMNS, cleanup_batch, refund_batch
 from toolkit.store.models import CreditEntry, LedgerKind, Run, RunStatus
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
+from toolkit.store.sweeps import PageAction
 
 DEFAULT_OLDER_THAN = "15m"
 DEFAULT_MAX_RECOVERIES = 3
@@ -65,16 +63,32 @@ OWED = (
 )
 
 
-def _applying(tk: Toolkit) -> Sequence[Any]:
-    """Columns of a page being applied: on PostgreSQL its one statement reads each debit with
-    the page (:mod:`toolkit.store.batches`); elsewhere the refunds made say what was owed."""
-    return DEBIT_COLUMNS if tk.db.is_postgres else ()
+class _PagedSweep(Sweep):
+    """A sweep whose batch is one of the store's page actions (refund, cleanup)."""
+
+    def columns(self, *, apply: bool) -> Sequence[Any]:
+        return self.parts.sweeps.page_columns() if apply else [OWED]
+
+    def page_action(self, page: Select[Any]) -> PageAction:
+        """The store's action on ``page``; built once per invocation (one page query)."""
+        raise NotImplementedError
+
+    def take(
+        self, s: Session, page: Select[Any], keys: dict[str, Any]
+    ) -> tuple[Sequence[Row[Any]], list[Change]]:
+        if page not in self._batches:
+            self._batches[page] = self.page_action(page)
+        rows, done = self._batches[page].take(s, keys)
+        return rows, self._changes(rows, done)
+
+    def _changes(self, rows: Sequence[Row[Any]], done: dict[uuid.UUID, int]) -> list[Change]:
+        raise NotImplementedError
 
 
 # --- refund ----------------------------------------------------------------------------------
 
 
-class RefundSweep(Sweep):
+class RefundSweep(_PagedSweep):
     action = "refund"
     batch_size = BULK_BATCH
     REASON = "refund sweep: run failed or cancelled"
@@ -83,32 +97,16 @@ class RefundSweep(Sweep):
     def criteria(self, status: RunStatus) -> Sequence[ColumnElement[bool]]:
         return [NOT_REFUNDED, HAS_DEBIT]  # most failed runs are refunded already: ask that first
 
-    def columns(self, *, apply: bool) -> Sequence[Any]:
-        return _applying(self.tk) if apply else [OWED]
-
     def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
         return [Change.of(r, "refund", r.owed or 0) for r in rows]
 
-    def take(
-        self, s: Session, page: Select[Any], keys: dict[str, Any]
-    ) -> tuple[Sequence[Row[Any]], list[Change]]:
-        if not self.tk.db.is_postgres:
-            return super().take(s, page, keys)
-        if page not in self._batches:
-            self._batches[page] = refund_batch(self.tk, page, reason=self.REASON)
-        batch = self._batches[page].execute(s, keys)
-        return batch.rows, self._changes(batch.rows, batch.refunded)
+    def page_action(self, page: Select[Any]) -> PageAction:
+        return self.parts.sweeps.refunds(page, reason=self.REASON)
 
-    def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
-        # One call for the whole batch: its accounts are locked together, in order.
-        refunded = self.tk.credits.refund_many_in(s, [r.id for r in rows], reason=self.REASON)
-        return self._changes(rows, refunded)
-
-    @staticmethod
-    def _changes(rows: Sequence[Row[Any]], refunded: dict[uuid.UUID, int]) -> list[Change]:
+    def _changes(self, rows: Sequence[Row[Any]], done: dict[uuid.UUID, int]) -> list[Change]:
         return [
-            Change.of(r, "refund", refunded[r.id])
-            if r.id in refunded
+            Change.of(r, "refund", done[r.id])
+            if r.id in done
             else Change.of(r, "refund", skipped="refunded meanwhile")
             for r in rows
         ]
@@ -127,8 +125,8 @@ def stale(status: RunStatus, cutoff: datetime) -> ColumnElement[bool]:
 class _StaleSweep(Sweep):
     statuses = (RunStatus.QUEUED, RunStatus.RUNNING)
 
-    def __init__(self, tk: Toolkit, *, older_than: str | float, max_recoveries: int) -> None:
-        super().__init__(tk)
+    def __init__(self, parts: Parts, *, older_than: str | float, max_recoveries: int) -> None:
+        super().__init__(parts)
         if isinstance(max_recoveries, bool) or not 0 <= max_recoveries <= 1000:
             raise InvalidInput(f"max recoveries must be from 0 to 1000, not {max_recoveries!r}")
         self.older_than = older_than
@@ -145,19 +143,16 @@ class _StaleSweep(Sweep):
         }
 
 
-class CleanupSweep(_StaleSweep):
+class CleanupSweep(_StaleSweep, _PagedSweep):
     action = "cleanup"
     batch_size = BULK_BATCH
 
-    def __init__(self, tk: Toolkit, *, reason: str | None = None, **options: Any) -> None:
-        super().__init__(tk, **options)
+    def __init__(self, parts: Parts, *, reason: str | None = None, **options: Any) -> None:
+        super().__init__(parts, **options)
         self.reason = reason
 
     def criteria(self, status: RunStatus) -> Sequence[ColumnElement[bool]]:
         return [Run.recoveries >= self.max_recoveries, stale(status, self.cutoff)]
-
-    def columns(self, *, apply: bool) -> Sequence[Any]:
-        return _applying(self.tk) if apply else [OWED]
 
     def errors(self) -> dict[RunStatus, str]:
         gave_up = f"recovery gave up after {self.max_recoveries} re-dispatches"
@@ -176,28 +171,8 @@ class CleanupSweep(_StaleSweep):
             f" ({self.reason})" if self.reason else ""
         )
 
-    def take(
-        self, s: Session, page: Select[Any], keys: dict[str, Any]
-    ) -> tuple[Sequence[Row[Any]], list[Change]]:
-        if not self.tk.db.is_postgres:
-            return super().take(s, page, keys)
-        if page not in self._batches:
-            self._batches[page] = cleanup_batch(
-                self.tk, page, self.errors(), reason=self.refund_reason()
-            )
-        batch = self._batches[page].execute(s, keys)
-        credits, moved = batch.refunded, batch.moved
-        return batch.rows, self._changes(
-            batch.rows,
-            {r.id: credits.get(r.id, 0) for r in batch.rows if moved is None or r.id in moved},
-        )
-
-    def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
-        # One call for the whole batch: its accounts are locked together, in order.
-        failed = self.tk.runtime.fail_many_in(
-            s, [r.id for r in rows], self.errors(), reason=self.refund_reason()
-        )
-        return self._changes(rows, failed)
+    def page_action(self, page: Select[Any]) -> PageAction:
+        return self.parts.sweeps.failures(page, self.errors(), reason=self.refund_reason())
 
     def _changes(self, rows: Sequence[Row[Any]], failed: dict[uuid.UUID, int]) -> list[Change]:
         label = {st.value: f"{st.value} → FAILED" for st in self.statuses}
@@ -214,9 +189,9 @@ class RecoverSweep(_StaleSweep):
     prepares = True  # routes are evaluated before the batch's transaction
     NOT_REGISTERED = "job not registered in this app"
 
-    def __init__(self, tk: Toolkit, **options: Any) -> None:
-        super().__init__(tk, **options)
-        if not len(tk.jobs):
+    def __init__(self, parts: Parts, **options: Any) -> None:
+        super().__init__(parts, **options)
+        if not len(parts.jobs):
             raise AppLoadError(
                 "recover routes runs again through your jobs' flags: "
                 "pass --app module:attr or set TOOLKIT_APP"
@@ -231,9 +206,9 @@ class RecoverSweep(_StaleSweep):
         return [Run.targeting_key, Run.recoveries, Run.attempts]
 
     def _route(self, row: Row[Any]) -> Route | None:
-        if row.job not in self.tk.jobs:
+        if row.job not in self.parts.jobs:
             return None
-        return self.tk.dispatcher.route(self.tk.jobs.get(row.job), row.targeting_key)
+        return self.parts.dispatcher.route(self.parts.jobs.get(row.job), row.targeting_key)
 
     def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
         changes = []
@@ -251,13 +226,13 @@ class RecoverSweep(_StaleSweep):
     def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
         changes = []
         for r in rows:
-            if r.job not in self.tk.jobs:
+            if r.job not in self.parts.jobs:
                 changes.append(Change.of(r, "→ ?", skipped=self.NOT_REGISTERED))
                 continue
             route = self._routes.get(r.id)
             reroute = None
             if route is not None:
-                reroute = self.tk.dispatcher.reroute_in(
+                reroute = self.parts.dispatcher.reroute_in(
                     s,
                     r.id,
                     status=r.status,
@@ -277,7 +252,7 @@ class RecoverSweep(_StaleSweep):
         (and stale again after ``older_than``), so the next invocation retries them."""
         outcomes: Counter[str] = Counter()
         while self._pending:
-            handle = self.tk.dispatcher.resubmit(self._pending.pop(0))
+            handle = self.parts.dispatcher.resubmit(self._pending.pop(0))
             if handle.status == RunStatus.FAILED.value and handle.error:
                 outcomes["not submitted: failed and refunded (fallback policy)"] += 1
             elif handle.fallback_from:
@@ -291,7 +266,7 @@ class RecoverSweep(_StaleSweep):
 
 
 def sweeper(
-    tk: Toolkit,
+    tk: Parts,
     action: str,
     filters: Filters | None = None,
     *,
@@ -300,7 +275,10 @@ def sweeper(
     older_than: str | float = DEFAULT_OLDER_THAN,
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
 ) -> Sweeper:
-    """A ready sweep, its input checked (bad input raises before anything changes)."""
+    """A ready sweep, its input checked (bad input raises before anything changes).
+
+    ``tk`` is what the sweeps use (:class:`~toolkit.maintenance.sweep.Parts`): the Toolkit
+    provides it."""
     filters = filters or Filters()
     sweep: Sweep
     if action == "refund":
@@ -318,21 +296,21 @@ def sweeper(
 
 
 def refund(
-    tk: Toolkit, filters: Filters | None = None, *, apply: bool = False, **options: Any
+    tk: Parts, filters: Filters | None = None, *, apply: bool = False, **options: Any
 ) -> Report:
     """Refund every FAILED or CANCELLED run that has a debit and no refund."""
     return sweeper(tk, "refund", filters, **options).run(apply=apply)
 
 
 def cleanup_orphans(
-    tk: Toolkit, filters: Filters | None = None, *, apply: bool = False, **options: Any
+    tk: Parts, filters: Filters | None = None, *, apply: bool = False, **options: Any
 ) -> Report:
     """Fail, dead-letter and refund the stale runs that recovery gave up on."""
     return sweeper(tk, "cleanup", filters, **options).run(apply=apply)
 
 
 def recover(
-    tk: Toolkit, filters: Filters | None = None, *, apply: bool = False, **options: Any
+    tk: Parts, filters: Filters | None = None, *, apply: bool = False, **options: Any
 ) -> Report:
     """Route stale runs again by the current flag and hand them over under the same id."""
     return sweeper(tk, "recover", filters, **options).run(apply=apply)

@@ -20,18 +20,21 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from sqlalchemy import Row, Select, and_, bindparam, exists, func, or_, select, union_all
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import BindParameter, ColumnElement
 
 from toolkit.backends import OPTIONAL
+from toolkit.backends.base import BaseBackend
 from toolkit.config import LEGACY
+from toolkit.dispatch.dispatcher import Dispatcher
 from toolkit.errors import UnknownBackend, UnknownJob
+from toolkit.jobs import JobRegistry
 from toolkit.maintenance.types import (
     BULK_BATCH,
     DEFAULT_BATCH,
@@ -42,12 +45,26 @@ from toolkit.maintenance.types import (
     Report,
 )
 from toolkit.store.audit import default_actor, record
+from toolkit.store.engine import Database
 from toolkit.store.models import Run, RunStatus
-
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
+from toolkit.store.sweeps import SweepStore
 
 MAX_WINDOW = 16  # a page looks at up to MAX_WINDOW * batch_size runs for batch_size wanted ones
+
+
+class Parts(Protocol):
+    """What the sweeps use; the ``Toolkit`` provides it (they never see the rest of it)."""
+
+    @property
+    def db(self) -> Database: ...
+    @property
+    def jobs(self) -> JobRegistry: ...
+    @property
+    def backends(self) -> Mapping[str, BaseBackend]: ...
+    @property
+    def dispatcher(self) -> Dispatcher: ...
+    @property
+    def sweeps(self) -> SweepStore: ...
 
 
 class Sweep(ABC):
@@ -57,9 +74,9 @@ class Sweep(ABC):
     statuses: ClassVar[tuple[RunStatus, ...]]
     batch_size: ClassVar[int] = DEFAULT_BATCH  # when the filters name none
 
-    def __init__(self, tk: Toolkit) -> None:
-        self.tk = tk
-        self._batches: dict[Select[Any], Any] = {}  # page query: its one-statement batch
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        self._batches: dict[Select[Any], Any] = {}  # page query: its store page action
 
     @abstractmethod
     def criteria(self, status: RunStatus) -> Sequence[ColumnElement[bool]]:
@@ -84,9 +101,10 @@ class Sweep(ABC):
     def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
         """What :meth:`apply` would do to these rows; called outside any transaction."""
 
-    @abstractmethod
     def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
-        """Act on a locked batch inside its transaction."""
+        """Act on a locked batch inside its transaction (a sweep overrides this or
+        :meth:`take`)."""
+        raise NotImplementedError
 
     def take(
         self, s: Session, page: Select[Any], keys: dict[str, Any]
@@ -116,14 +134,14 @@ class Sweeper:
 
     def __init__(
         self,
-        tk: Toolkit,
+        parts: Parts,
         sweep: Sweep,
         filters: Filters,
         *,
         reason: str | None = None,
         actor: str | None = None,
     ) -> None:
-        self.tk = tk
+        self.parts = parts
         self.sweep = sweep
         self.batch_size: int = filters.batch_size or sweep.batch_size
         self.filters = replace(filters, batch_size=self.batch_size)  # as the audit shows them
@@ -208,7 +226,7 @@ class Sweeper:
         """How many runs the sweep wants now (at most ``limit``): the progress bar's total."""
         branches = [select(Run.id).where(*self._scope(st)) for st in self.sweep.statuses]
         query = select(func.count()).select_from(union_all(*branches).subquery())
-        with self.tk.db.transaction() as s:
+        with self.parts.db.transaction() as s:
             total = int(s.scalar(query) or 0)
         return total if self.filters.limit is None else min(total, self.filters.limit)
 
@@ -233,7 +251,7 @@ class Sweeper:
             n = size if limit is None else min(size, limit - report.changed)
             width = max(n, min(width, n * MAX_WINDOW))
             after = cursor is not None
-            with self.tk.db.transaction() as s:
+            with self.parts.db.transaction() as s:
                 window = self._statement("window", after=after)
                 last = s.connection().execute(window, _keys(cursor, width=width)).one_or_none()
                 if last is None:
@@ -253,7 +271,7 @@ class Sweeper:
                 changes = []
             elif self.sweep.prepares:
                 self.sweep.prepare(rows)
-                with self.tk.db.transaction() as s:
+                with self.parts.db.transaction() as s:
                     rows, changes = self._apply(s, cursor, end, n)
             if apply:
                 report.batches += any(c.skipped is None for c in changes)
@@ -324,7 +342,7 @@ def _keys(cursor: Cursor | None, **params: Any) -> dict[str, Any]:
     return params
 
 
-def check_filters(tk: Toolkit, filters: Filters) -> None:
+def check_filters(tk: Parts, filters: Filters) -> None:
     """Unknown job or backend names are bad input (exit 2), not an empty sweep.
 
     A name is known if the app registers it or if any run carries it, so the sweeps also work
@@ -344,7 +362,7 @@ def check_filters(tk: Toolkit, filters: Filters) -> None:
             )
 
 
-def _any_run(tk: Toolkit, condition: ColumnElement[bool]) -> bool:
+def _any_run(tk: Parts, condition: ColumnElement[bool]) -> bool:
     with tk.db.transaction() as s:
         return bool(s.scalar(select(exists().where(condition))))
 
@@ -356,6 +374,7 @@ __all__ = [
     "SAMPLE",
     "Change",
     "Filters",
+    "Parts",
     "Report",
     "Sweep",
     "Sweeper",

@@ -1,98 +1,39 @@
 """The step memo in the steps table: a finished step never runs again for the same run.
 
 Used by the executors that run job code in our own processes (legacy, Celery); Inngest keeps
-its own memo. Every read and write first fences the attempt, so an attempt that lost the run
-(cancelled, failed by cleanup, taken over) stops at its next step and cannot publish output.
+its own memo. The writes are the store's (:class:`toolkit.store.steps.StepStore`): every read
+and write first fences the attempt, so an attempt that lost the run (cancelled, failed by
+cleanup, taken over) stops at its next step and cannot publish output.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
-
-from toolkit.errors import JobTimeout, RunLost
+from toolkit.errors import JobTimeout
 from toolkit.jobs import JobContext
+from toolkit.runtime.claims import Claim
 from toolkit.runtime.serialization import describe, to_json
-from toolkit.store.engine import Database
-from toolkit.store.models import Run, RunStatus, Step, StepStatus, utcnow
-
-if TYPE_CHECKING:
-    from toolkit.runtime.lifecycle import Claim
+from toolkit.store.steps import StepStore
 
 
 class StepMemo:
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    """The memo as a :class:`Claim` sees it."""
+
+    def __init__(self, store: StepStore) -> None:
+        self.store = store
 
     def memoized(self, claim: Claim, step_id: str) -> tuple[bool, Any]:
         """Fence the attempt, beat the heart, and return a finished step's stored output."""
-        now = utcnow()
-        with self.db.transaction() as s:
-            fence(s, claim, now)
-            step = s.execute(
-                select(Step).where(Step.run_id == claim.run_id, Step.name == step_id)
-            ).scalar_one_or_none()
-            if step is not None and step.status == StepStatus.COMPLETED:
-                return True, step.output
-            if step is None:
-                s.add(
-                    Step(
-                        run_id=claim.run_id,
-                        name=step_id,
-                        status=StepStatus.RUNNING,
-                        attempt=claim.attempt,
-                        started_at=now,
-                    )
-                )
-            else:
-                step.status = StepStatus.RUNNING
-                step.attempt = claim.attempt
-                step.started_at = now
-                step.error = None
-        return False, None
+        return self.store.memoized(claim.run_id, claim.attempt, step_id)
 
     def finish(
         self, claim: Claim, step_id: str, *, output: Any = None, error: str | None = None
     ) -> None:
-        now = utcnow()
-        with self.db.transaction() as s:
-            if error is None:
-                # A lost attempt must not publish output: the run's new owner re-runs the step.
-                fence(s, claim, now)
-            s.connection().execute(
-                update(Step)
-                .where(
-                    Step.run_id == claim.run_id,
-                    Step.name == step_id,
-                    Step.status == StepStatus.RUNNING,
-                )
-                .values(
-                    status=StepStatus.FAILED if error else StepStatus.COMPLETED,
-                    output=output,
-                    error=error,
-                    finished_at=now,
-                )
-            )
-
-
-def fence(s: Session, claim: Claim, now: datetime) -> None:
-    """Beat the run's heart if this attempt still owns it; RunLost otherwise."""
-    alive = s.connection().execute(
-        update(Run)
-        .where(
-            Run.id == claim.run_id,
-            Run.status == RunStatus.RUNNING,
-            Run.attempts == claim.attempt,
-        )
-        .values(heartbeat_at=now)
-    )
-    if alive.rowcount != 1:
-        raise RunLost(f"run {claim.run_id} attempt {claim.attempt} no longer owns the run")
+        """Record the step's output, or its error; a lost attempt's output is refused."""
+        self.store.finish(claim.run_id, claim.attempt, step_id, output=output, error=error)
 
 
 class DatabaseJobContext(JobContext):

@@ -7,14 +7,17 @@ is a CTE (``FOR NO KEY UPDATE SKIP LOCKED``, as before) that also reads each run
 step is a data-modifying CTE fed by the one before, and one result says what was done. The
 rules do not change: the lock re-checks the page's condition, the UPDATE re-checks the status,
 a refund is ``INSERT ... ON CONFLICT (run_id, kind) DO NOTHING RETURNING`` and only what it
-returns is credited, to accounts locked in account order (:meth:`Credits.credited`).
+returns is credited, to accounts locked in account order (:func:`.postgres.credited`).
+
+Only the store runs these (:mod:`toolkit.store.sweeps`), and only where the dialect says a
+batch is one statement.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import (
     CTE,
@@ -31,31 +34,16 @@ from sqlalchemy import (
     type_coerce,
     union_all,
 )
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
-from toolkit.store.models import CreditEntry, LedgerKind, Run, RunStatus, utcnow
+from toolkit.store.credits import Credits
+from toolkit.store.engine import Database
+from toolkit.store.models import CreditEntry, Run, RunStatus, utcnow
+from toolkit.store.postgres import DEBIT_COLUMNS, credited
 from toolkit.store.transitions import dead_letters, failing
 
-if TYPE_CHECKING:
-    from toolkit.app import Toolkit
-
-_debit = aliased(CreditEntry, name="debit")
-
-
-def _of_debit(column: Any) -> Any:
-    return (
-        select(column)
-        .where(_debit.run_id == Run.id, _debit.kind == LedgerKind.DEBIT.value)
-        .scalar_subquery()
-    )
-
-
-# What the page reads of each run's debit (NULL: no debit), so no step reads it again.
-DEBIT_COLUMNS = (
-    _of_debit(_debit.account).label("account"),
-    _of_debit(_debit.amount).label("amount"),
-)
+__all__ = ["DEBIT_COLUMNS", "Batch", "BatchStatement", "cleanup_batch", "refund_batch"]
 
 # The parts of a batch's result, one result for one round trip: the page (every run locked, in
 # page order, with its debit), then one row saying whether every run moved (cleanup) and every
@@ -63,7 +51,9 @@ DEBIT_COLUMNS = (
 # the refunds made follow, so the usual batch sends one row per run and Python reads nothing
 # twice.
 PAGE, DONE, MOVED, REFUNDED = 0, 1, 2, 3
-_COLUMNS = ("job", "backend", "status", "created_at", "amount", "all_moved", "all_refunded")
+_COLUMNS = (
+    "job", "backend", "status", "created_at", "amount", "all_moved", "all_refunded", "account"
+)  # fmt: skip
 _NOW = bindparam("now", type_=CreditEntry.created_at.type)
 _AWARE = DateTime(timezone=True)  # psycopg's values are aware already: no per-row conversion
 
@@ -74,7 +64,7 @@ class Batch:
     __slots__ = ("moved", "refunded", "rows")
 
     def __init__(self, result: Sequence[Any]) -> None:  # rows, by index: the hot loop
-        self.rows: list[Row[Any]] = []  # id, job, backend, status, created_at, amount
+        self.rows: list[Row[Any]] = []  # id, job, backend, status, created_at, amount, account
         self.moved: set[uuid.UUID] | None = None  # None: every run of the page
         self.refunded: dict[uuid.UUID, int] = {}  # run id: credits refunded
         moved: set[uuid.UUID] = set()
@@ -120,7 +110,6 @@ class BatchStatement:
 
     def __init__(
         self,
-        tk: Toolkit,
         page: CTE,
         refunded: CTE,
         *,
@@ -133,7 +122,8 @@ class BatchStatement:
         every_move = _count(moved) == _count(page) if moved is not None else literal(True)
         parts: list[Select[Any]] = [
             _part(PAGE, c.id, job=c.job, backend=c.backend, status=c.status,
-                  created_at=type_coerce(c.created_at, _AWARE), amount=c.amount),
+                  created_at=type_coerce(c.created_at, _AWARE), amount=c.amount,
+                  account=c.account),
             _part(DONE, null(), all_moved=type_coerce(every_move, Boolean),
                   all_refunded=type_coerce(every_refund, Boolean)),
             _part(REFUNDED, refunded.c.run_id, amount=refunded.c.amount).where(~every_refund),
@@ -142,40 +132,43 @@ class BatchStatement:
             parts.append(_part(MOVED, moved.c.id).where(~every_move))
         order: list[Any] = [literal_column(c) for c in ("part", "created_at", "id")]
         query = union_all(*parts).order_by(*order)
-        self.query = query.add_cte(*also, tk.credits.credited(refunded, _NOW))
+        self.query = query.add_cte(*also, credited(refunded, _NOW))
 
     def execute(self, s: Session, keys: Mapping[str, Any]) -> Batch:
         """Run it in ``s`` with the page's parameters ``keys``."""
         return Batch(s.connection().execute(self.query, {**keys, "now": utcnow()}).all())
 
 
-def refund_batch(tk: Toolkit, page: Select[Any], *, reason: str) -> BatchStatement:
+def refund_batch(credits: Credits, page: Select[Any], *, reason: str) -> BatchStatement:
     """Lock the page and refund each of its runs' debits, once."""
     locked = page.cte("page")
     c = locked.c
-    refunded = tk.credits.refunds_of(c.id, c.account, c.amount, reason=reason, now=_NOW)
-    return BatchStatement(tk, locked, refunded.cte("refunded"), source=locked)
+    refunds = credits.refunds_of(c.id, c.account, c.amount, c.status, reason=reason, now=_NOW)
+    return BatchStatement(locked, refunds.cte("refunded"), source=locked)
 
 
 def cleanup_batch(
-    tk: Toolkit, page: Select[Any], errors: Mapping[RunStatus, str], *, reason: str
+    db: Database,
+    credits: Credits,
+    page: Select[Any],
+    errors: Mapping[RunStatus, str],
+    *,
+    reason: str,
 ) -> BatchStatement:
-    """Lock the page and fail its runs as ``Runtime.fail_many_in`` does (both build on
+    """Lock the page and fail its runs as ``RunStore.fail_many_in`` does (both build on
     :func:`.transitions.failing` and :func:`.transitions.dead_letters`): FAILED
     with the error for the status each was in, a dead letter each, and their refunds."""
     locked = page.cte("page")
     failed = (
         failing(Run.id == locked.c.id, errors, _NOW)
         .returning(*(getattr(Run, k) for k in ("id", "job", "payload", "error", "attempts")))
-        .returning(locked.c.account, locked.c.amount)  # the debit, as the page read it
+        .returning(Run.status, locked.c.account, locked.c.amount)  # the debit, as paged
         .cte("failed")
     )
     dead = dead_letters(
-        tk.db.insert,
+        db.insert,
         select(*(failed.c[k] for k in ("id", "job", "payload", "error", "attempts")), _NOW),
     ).cte("dead")
     f = failed.c
-    refunded = tk.credits.refunds_of(f.id, f.account, f.amount, reason=reason, now=_NOW)
-    return BatchStatement(
-        tk, locked, refunded.cte("refunded"), source=failed, moved=failed, also=[dead]
-    )
+    refunds = credits.refunds_of(f.id, f.account, f.amount, f.status, reason=reason, now=_NOW)
+    return BatchStatement(locked, refunds.cte("refunded"), source=failed, moved=failed, also=[dead])

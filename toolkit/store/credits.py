@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    CTE,
     Connection,
     Insert,
     Row,
@@ -20,14 +19,15 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    null,
     select,
-    text,
     update,
 )
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from toolkit.errors import InsufficientCredits, InvalidInput
+from toolkit.events import RunRefunded
 from toolkit.store.engine import Database
 from toolkit.store.models import CreditAccount, CreditEntry, LedgerKind, Run, RunStatus, utcnow
 
@@ -57,20 +57,24 @@ class LedgerTotals:
 
 _DEBIT = aliased(CreditEntry, name="debit")
 
-# Lock the accounts in account order first (so concurrent sweeps cannot deadlock: a single
-# UPDATE ... FROM locks in whatever order its plan visits the rows), then credit them.
-_LOCK_ACCOUNTS = text(
-    "SELECT 1 FROM toolkit_credit_accounts WHERE account = ANY(:accounts) "
-    "ORDER BY account FOR UPDATE"
-)
-_CREDIT_ACCOUNTS = text(
-    "UPDATE toolkit_credit_accounts AS a SET balance = a.balance + v.delta, updated_at = :now "
-    "FROM unnest(CAST(:accounts AS varchar[]), CAST(:deltas AS bigint[])) AS v(account, delta) "
-    "WHERE a.account = v.account"
+#: The one rule of refunds: only a FAILED or CANCELLED run is owed its debit back; a queued,
+#: running or completed run keeps it, whoever asks. Every refund path builds on
+#: :meth:`Credits.refunds_of`, which applies it.
+REFUNDABLE = (RunStatus.FAILED.value, RunStatus.CANCELLED.value)
+
+_GRANT = insert(CreditEntry).values(
+    account=bindparam("account"),
+    kind=LedgerKind.GRANT.value,
+    amount=bindparam("amount"),
+    reason=bindparam("reason"),
+    created_at=bindparam("now", type_=CreditEntry.created_at.type),
 )
 
 
 class Credits:
+    """The ledger and the accounts: every write to either goes through here (or, for the
+    one-statement PostgreSQL batches, through :meth:`refunds_of` and the dialect)."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
         # The dispatch hot path's statements, built once (building costs more than running).
@@ -92,6 +96,16 @@ class Credits:
             amount=bindparam("b_amount"),
             created_at=bindparam("b_now", type_=CreditEntry.created_at.type),
         )
+        self._debits = insert(CreditEntry)
+        self._ensure = (
+            db.insert(CreditAccount)
+            .values(
+                account=bindparam("account"),
+                balance=0,
+                updated_at=bindparam("now", type_=CreditAccount.updated_at.type),
+            )
+            .on_conflict_do_nothing(index_elements=["account"])
+        )
 
     # --- public API --------------------------------------------------------------------
 
@@ -99,14 +113,13 @@ class Credits:
         """Add credits; returns the new balance."""
         _check_account(account)
         _check_amount(amount)
+        now = utcnow()
         with self._db.transaction() as s:
-            self._ensure_account(s, account)
-            s.execute(
-                update(CreditAccount)
-                .where(CreditAccount.account == account)
-                .values(balance=CreditAccount.balance + amount, updated_at=utcnow())
-            )
-            s.add(CreditEntry(account=account, kind=LedgerKind.GRANT, amount=amount, reason=reason))
+            conn = s.connection()
+            conn.execute(self._ensure, {"account": account, "now": now})
+            self._db.sql.credit(conn, {account: amount}, now)
+            params = {"account": account, "amount": amount, "reason": reason, "now": now}
+            conn.execute(_GRANT, params)
             return self._balance(s, account)
 
     def balance(self, account: str) -> int:
@@ -124,6 +137,7 @@ class Credits:
         return LedgerTotals(grants=int(row[0]), debits=int(row[1]), refunds=int(row[2]))
 
     def refund(self, run_id: uuid.UUID, *, reason: str | None = None) -> bool:
+        """Refund a FAILED or CANCELLED run's debit once; True if this call refunded it."""
         with self._db.transaction() as s:
             return self.refund_in(s, run_id, reason=reason)
 
@@ -139,6 +153,28 @@ class Credits:
             {"b_account": account, "b_run_id": run_id, "b_amount": amount, "b_now": utcnow()},
         )
 
+    def debit_many_in(
+        self, s: Session | Connection, runs: Mapping[str, Sequence[uuid.UUID]], amount: int
+    ) -> None:
+        """Debit ``amount`` for each run, ``runs`` grouped by account: one conditional spend
+        per account, in account order (two batches cannot deadlock), then every DEBIT row."""
+        now = utcnow()
+        for account, run_ids in sorted(runs.items()):
+            self.spend_in(s, account, amount * len(run_ids))
+            s.execute(
+                self._debits,
+                [
+                    {
+                        "account": account,
+                        "run_id": rid,
+                        "kind": LedgerKind.DEBIT.value,
+                        "amount": amount,
+                        "created_at": now,
+                    }
+                    for rid in run_ids
+                ],
+            )
+
     def spend_in(self, s: Session | Connection, account: str, amount: int) -> None:
         """Conditionally decrement: two concurrent debits can never both spend the same credits.
 
@@ -153,82 +189,70 @@ class Credits:
             raise InsufficientCredits(account, amount, self._balance(s, account))
 
     def refund_in(self, s: Session, run_id: uuid.UUID, *, reason: str | None = None) -> bool:
-        """Refund a run's debit once; True if this call refunded, False if nothing was owed.
-
-        Only a FAILED or CANCELLED run is owed anything: a queued, running or completed run
-        keeps its debit, whoever asks.
-        """
-        debit = s.execute(
-            select(CreditEntry.account, CreditEntry.amount)
-            .join(Run, Run.id == CreditEntry.run_id)
-            .where(
-                CreditEntry.run_id == run_id,
-                CreditEntry.kind == LedgerKind.DEBIT,
-                Run.status.in_([RunStatus.FAILED.value, RunStatus.CANCELLED.value]),
-            )
-        ).one_or_none()
-        if debit is None:
-            return False
-        inserted = s.execute(
-            self._db.insert(CreditEntry)
-            .values(
-                account=debit.account,
-                run_id=run_id,
-                kind=LedgerKind.REFUND.value,
-                amount=debit.amount,
-                reason=reason,
-                created_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["run_id", "kind"])
-            .returning(CreditEntry.id)
-        ).scalar_one_or_none()
-        if inserted is None:  # another refund of this run committed first
-            return False
-        s.execute(
-            update(CreditAccount)
-            .where(CreditAccount.account == debit.account)
-            .values(balance=CreditAccount.balance + debit.amount, updated_at=utcnow())
-        )
-        return True
+        """:meth:`refund_many_in` of one run: True if this call refunded it."""
+        return run_id in self.refund_many_in(s, [run_id], reason=reason)
 
     def refund_many_in(
-        self, s: Session, run_ids: Sequence[uuid.UUID], *, reason: str
+        self, s: Session, run_ids: Sequence[uuid.UUID], *, reason: str | None
     ) -> dict[uuid.UUID, int]:
-        """The batch form of :meth:`refund_in`: each run's debit is refunded at most once.
+        """Refund each run's debit at most once, in ``s``; only FAILED or CANCELLED runs.
 
-        The same rule: ``INSERT ... ON CONFLICT (run_id, kind) DO NOTHING RETURNING`` (here as
-        one ``INSERT ... SELECT`` from the runs' debits, :meth:`refunds_of`), and only the
-        refunds this statement inserted credit their accounts (:meth:`credit_in`). Call it once
-        per transaction: two calls lock two sets of accounts, each in order but not together,
-        and concurrent sweeps could then deadlock.
-        Returns ``{run_id: amount}`` for the refunds made here.
+        One ``INSERT ... SELECT ... ON CONFLICT (run_id, kind) DO NOTHING RETURNING``
+        (:meth:`refunds_of`) from the runs' debits, and only the refunds it inserted credit
+        their accounts (:meth:`credit_in`). Call it once per transaction: two calls lock two
+        sets of accounts, each in order but not together, and concurrent sweeps could then
+        deadlock. Returns ``{run_id: amount}`` for the refunds made here; a
+        :class:`~toolkit.events.RunRefunded` for each is emitted after the commit.
         """
         if not run_ids:
             return {}
         now = utcnow()
-        at = literal(now, CreditEntry.created_at.type)
-        refunds = self._refunds(self._db.among(_DEBIT.run_id, run_ids), reason=reason, now=at)
+        refunds = self.refunds_of(
+            _DEBIT.run_id,
+            _DEBIT.account,
+            _DEBIT.amount,
+            Run.status,
+            reason=reason,
+            now=literal(now, CreditEntry.created_at.type),
+            where=(
+                self._db.among(_DEBIT.run_id, run_ids),
+                _DEBIT.kind == LedgerKind.DEBIT.value,
+                Run.id == _DEBIT.run_id,
+            ),
+        )
         inserted = s.connection().execute(refunds).all()
         self.credit_in(s, inserted, now)
+        if inserted and self._db.events.listeners:
+            self._db.after_commit(
+                s,
+                [
+                    RunRefunded(
+                        run_id=r.run_id, account=r.account, amount=r.amount, reason=reason, at=now
+                    )
+                    for r in inserted
+                ],
+            )
         return {row.run_id: row.amount for row in inserted}
 
     def refunds_of(
         self,
-        run_id: ColumnElement[Any],
-        account: ColumnElement[Any],
-        amount: ColumnElement[Any],
+        run_id: Any,
+        account: Any,
+        amount: Any,
+        status: Any,
         *,
-        reason: str,
+        reason: str | None,
         now: ColumnElement[datetime],
+        where: Sequence[ColumnElement[bool]] = (),
     ) -> Insert:
-        """Refunds of debits already read (``run_id``, ``account``, ``amount``: columns of a
-        CTE, the debit's own values; rows without an ``amount`` have no debit), as one
-        ``INSERT ... SELECT ... ON CONFLICT (run_id, kind) DO NOTHING RETURNING run_id,
-        account, amount``, for a caller that embeds it in a larger statement (PostgreSQL);
-        ``now`` is an expression (a bound parameter), so the statement can be reused.
+        """Refunds of debits (``run_id``, ``account``, ``amount``: the debit's own values; rows
+        without an ``amount`` have no debit) of runs in ``status``, as one ``INSERT ... SELECT
+        ... ON CONFLICT (run_id, kind) DO NOTHING RETURNING run_id, account, amount``. The
+        rule is applied here, for every path: only a FAILED or CANCELLED run is refunded.
 
-        Only the rows it returns were refunded here; the caller credits them in the same
-        transaction (:meth:`credited`).
+        The one-statement batches (PostgreSQL) embed it, with columns of a CTE; ``now`` is an
+        expression (a bound parameter), so the statement can be reused. Only the rows it
+        returns were refunded; the caller credits them in the same transaction.
         """
         statement: Insert = (
             self._db.insert(CreditEntry)
@@ -239,98 +263,25 @@ class Credits:
                     run_id,
                     literal(LedgerKind.REFUND.value, String()),
                     amount,
-                    literal(reason[:500], String()),
+                    literal(reason[:500], String()) if reason is not None else null(),
                     now,
-                ).where(amount.is_not(None)),
+                ).where(amount.is_not(None), status.in_(REFUNDABLE), *where),
             )
             .on_conflict_do_nothing(index_elements=["run_id", "kind"])
             .returning(CreditEntry.run_id, CreditEntry.account, CreditEntry.amount)
         )
         return statement
-
-    def _refunds(
-        self, which: ColumnElement[bool], *, reason: str, now: ColumnElement[datetime]
-    ) -> Insert:
-        statement: Insert = (
-            self._db.insert(CreditEntry)
-            .from_select(
-                ["account", "run_id", "kind", "amount", "reason", "created_at"],
-                select(
-                    _DEBIT.account,
-                    _DEBIT.run_id,
-                    literal(LedgerKind.REFUND.value, String()),
-                    _DEBIT.amount,
-                    literal(reason[:500], String()),
-                    now,
-                ).where(which, _DEBIT.kind == LedgerKind.DEBIT.value),
-            )
-            .on_conflict_do_nothing(index_elements=["run_id", "kind"])
-            .returning(CreditEntry.run_id, CreditEntry.account, CreditEntry.amount)
-        )
-        return statement
-
-    def credited(self, refunded: CTE, now: ColumnElement[datetime]) -> CTE:
-        """:meth:`credit_in` as CTEs, for a statement that refunds and credits at once
-        (PostgreSQL): the refunds of ``refunded`` (a CTE returning ``account`` and ``amount``)
-        summed per account, those account rows locked in account order, then updated.
-
-        The order holds whatever plan PostgreSQL picks: a row is only updated once the join
-        has produced it from the locking CTE, which locks in account order as it goes. Each
-        join has one CTE at most, so a CTE is never the inner side of a nested loop (its row
-        estimate is a guess: a thousand rows scanned a thousand times).
-        """
-        totals = (
-            select(refunded.c.account, func.sum(refunded.c.amount).label("total"))
-            .group_by(refunded.c.account)
-            .subquery("totals")
-        )
-        locked = (
-            select(CreditAccount.account, totals.c.total)
-            .join_from(totals, CreditAccount, CreditAccount.account == totals.c.account)
-            .order_by(CreditAccount.account)
-            .with_for_update(of=CreditAccount)
-            .cte("locked")
-        )
-        return (
-            update(CreditAccount)
-            .where(CreditAccount.account == locked.c.account)
-            .values(balance=CreditAccount.balance + locked.c.total, updated_at=now)
-            .cte("credited")
-        )
 
     def credit_in(self, s: Session, refunded: Iterable[Row[Any]], now: datetime) -> None:
-        """Credit each refund (rows with ``account`` and ``amount``) to its account, one
-        update per account, the rows locked in account order (concurrent sweeps cannot
-        deadlock: a single ``UPDATE ... FROM`` locks in whatever order its plan visits them)."""
+        """Credit each refund (rows with ``account`` and ``amount``) to its account, the
+        accounts in account order (the dialect's :meth:`~toolkit.store.dialect.Dialect.credit`)."""
         amounts: dict[str, int] = defaultdict(int)
         for row in refunded:
             amounts[row.account] += row.amount
-        if not amounts:
-            return
-        accounts = sorted(amounts)
-        if not self._db.is_postgres:  # SQLite: one writer at a time, no lock order to keep
-            s.connection().execute(
-                update(CreditAccount)
-                .where(CreditAccount.account == bindparam("credited"))
-                .values(balance=CreditAccount.balance + bindparam("delta"), updated_at=now),
-                [{"credited": a, "delta": amounts[a]} for a in accounts],
-            )
-            return
-        # One statement instead of one per account; the locks are taken first, in order.
-        s.execute(_LOCK_ACCOUNTS, {"accounts": accounts})
-        s.execute(
-            _CREDIT_ACCOUNTS,
-            {"accounts": accounts, "deltas": [amounts[a] for a in accounts], "now": now},
-        )
+        if amounts:
+            self._db.sql.credit(s.connection(), amounts, now)
 
     # --- helpers -----------------------------------------------------------------------
-
-    def _ensure_account(self, s: Session, account: str) -> None:
-        s.execute(
-            self._db.insert(CreditAccount)
-            .values(account=account, balance=0, updated_at=utcnow())
-            .on_conflict_do_nothing(index_elements=["account"])
-        )
 
     @staticmethod
     def _balance(s: Session | Connection, account: str) -> int:

@@ -9,8 +9,23 @@ store asks its dialect.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
+
+from sqlalchemy import Connection, bindparam, update
+
+from toolkit.store.models import CreditAccount
+
+# Add ``delta`` to one account: the statement every crediting path ends in (built once).
+CREDIT_ONE = (
+    update(CreditAccount)
+    .where(CreditAccount.account == bindparam("credited"))
+    .values(
+        balance=CreditAccount.balance + bindparam("delta"),
+        updated_at=bindparam("now", type_=CreditAccount.updated_at.type),
+    )
+)
 
 
 class Dialect:
@@ -34,6 +49,20 @@ class Dialect:
         raise NotImplementedError
 
     # --- writes (runs, ledger, accounts) -------------------------------------------------------
+
+    def credit(self, conn: Connection, amounts: Mapping[str, int], now: datetime) -> None:
+        """Add ``amounts`` (account: credits) to their accounts, in account order.
+
+        Here one UPDATE per account (SQLite has one writer at a time: no lock order to keep).
+        """
+        conn.execute(
+            CREDIT_ONE, [{"credited": a, "delta": amounts[a], "now": now} for a in sorted(amounts)]
+        )
+
+    def page_columns(self) -> Sequence[Any]:
+        """Columns a maintenance page reads beside the run's own, when it is applied: what the
+        one-statement batch needs of each run (its debit); nothing for the generic batch."""
+        return ()
 
     # --- reads (report, snapshot) --------------------------------------------------------------
 
@@ -61,14 +90,3 @@ class Dialect:
         """An aggregate collecting ``values`` into one array (the rank-test samples); only
         asked where :meth:`percentiles` is an aggregate."""
         raise NotImplementedError
-
-
-def for_name(name: str) -> Dialect:
-    """The dialect for SQLAlchemy's dialect ``name``."""
-    if name == "postgresql":
-        from toolkit.store.postgres import Postgres
-
-        return Postgres()
-    from toolkit.store.sqlite import SQLite
-
-    return SQLite()

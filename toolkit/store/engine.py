@@ -19,9 +19,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, sessionmaker
 
 from toolkit.errors import ConfigError, DatabaseError
-from toolkit.store.dialect import for_name
+from toolkit.events import Events, RunEvent
+from toolkit.store.dialect import Dialect
+from toolkit.store.postgres import Postgres
+from toolkit.store.sqlite import SQLite
 
 VERSION_TABLE = "toolkit_alembic_version"
+# Where a session keeps the events of its transaction until it commits (Session.info).
+_PENDING = "toolkit_events"
 
 # A pooled connection idle longer than this is pinged before use. A busy process reuses its
 # connections within milliseconds and skips the round trip; after a server restart, the first
@@ -125,11 +130,18 @@ def _sqlite_begin_immediate(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def for_name(name: str) -> Dialect:
+    """The dialect for SQLAlchemy's dialect ``name``."""
+    return Postgres() if name == "postgresql" else SQLite()
+
+
 class Database:
     """An engine plus a session factory, with transaction helpers."""
 
-    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+    def __init__(self, url: str, *, events: Events | None = None, **engine_kwargs: Any) -> None:
         self.url = url
+        #: The lifecycle listeners: every transition the store commits is emitted here.
+        self.events = events if events is not None else Events()
         self.engine = make_engine(url, **engine_kwargs)
         #: Everything that differs between PostgreSQL and SQLite, behind one interface.
         self.sql = for_name(self.engine.dialect.name)
@@ -153,15 +165,27 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One unit of work: committed on success, rolled back on any error."""
+        """One unit of work: committed on success, rolled back on any error.
+
+        Events recorded with :meth:`after_commit` are emitted once it committed (and dropped
+        if it rolled back), so a listener never hears of a change that did not happen.
+        """
         session = self._sessions()
         try:
             with session.begin():
                 yield session
+            pending: list[RunEvent] | None = session.info.pop(_PENDING, None)
         except (exc.OperationalError, exc.ProgrammingError) as err:
             raise _database_error(self.url, err) from err
         finally:
             session.close()
+        if pending:
+            self.events.emit_all(pending)
+
+    def after_commit(self, s: Session, events: list[RunEvent]) -> None:
+        """Emit ``events`` when the transaction of ``s`` (from :meth:`transaction`) commits."""
+        if events:
+            s.info.setdefault(_PENDING, []).extend(events)
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:

@@ -1,10 +1,11 @@
-"""The hot state transitions as statements built once, executed with parameters; and the
-final failure of many runs, which the runtime and the maintenance sweeps both build on.
+"""The run transitions as statements built once, executed with parameters; and the final
+failure of many runs, which :class:`~toolkit.store.lifecycle.RunStore` and the one-statement
+maintenance batches both build on.
 
 Building an ``update(Run).where(...)`` costs more CPU than running it (every call coerces
 each clause and computes a cache key), and claim, heartbeat and complete run for every run
-on every worker. These are built once per :class:`Runtime`; each is a single
-conditional UPDATE, atomic on its own, so callers run them with ``Database.autocommit()``.
+on every worker. These are built once per :class:`RunStore`; each is a single conditional
+UPDATE, atomic on its own, so the store runs the hot ones with ``Database.autocommit()``.
 """
 
 from __future__ import annotations
@@ -12,14 +13,26 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sqlalchemy import Select, Text, Update, and_, bindparam, case, func, literal, or_, update
+from sqlalchemy import (
+    Select,
+    Text,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from toolkit.store.models import DeadLetter, Run, RunStatus
 
 QUEUED, RUNNING = RunStatus.QUEUED.value, RunStatus.RUNNING.value
 
 
-def _claim(*, take_over: bool, stale: bool) -> Update:
+def _claim(*, queued: bool = True, take_over: bool, stale: bool) -> Update:
     claimable: Any = Run.status == QUEUED
     if take_over:
         running: Any = Run.status == RUNNING
@@ -28,7 +41,7 @@ def _claim(*, take_over: bool, stale: bool) -> Update:
                 running,
                 or_(Run.heartbeat_at.is_(None), Run.heartbeat_at < bindparam("stale_before")),
             )
-        claimable = or_(claimable, running)
+        claimable = or_(claimable, running) if queued else running
     now = bindparam("now", type_=Run.started_at.type)
     return (
         update(Run)
@@ -40,7 +53,7 @@ def _claim(*, take_over: bool, stale: bool) -> Update:
             heartbeat_at=now,
             next_attempt_at=None,
         )
-        .returning(Run.job, Run.attempts, Run.payload)
+        .returning(Run.job, Run.attempts, Run.payload, Run.backend)
     )
 
 
@@ -57,6 +70,11 @@ class Transitions:
         self.claim = {
             (take_over, stale): _claim(take_over=take_over, stale=stale)
             for take_over, stale in ((False, False), (True, False), (True, True))
+        }
+        # Only the take-over half, by stale: with a listener, a take-over claim first tries
+        # the plain claim and then this, so the event can say which one it was.
+        self.take_over = {
+            stale: _claim(queued=False, take_over=True, stale=stale) for stale in (False, True)
         }
         self.complete = {
             attempt: update(Run)
@@ -77,6 +95,42 @@ class Transitions:
                 error=bindparam("error"),
                 next_attempt_at=bindparam("next_attempt_at", type_=Run.next_attempt_at.type),
             )
+        )
+        # With a listener: the same statements, telling the event which run it was.
+        self.complete_said = {
+            attempt: stmt.returning(Run.job, Run.backend, Run.attempts)
+            for attempt, stmt in self.complete.items()
+        }
+        self.requeue_said = self.requeue.returning(Run.job, Run.backend)
+        self.fall_back = (
+            update(Run)
+            .where(Run.id == bindparam("run_id"), Run.status == QUEUED)
+            .values(
+                backend=bindparam("backend"),
+                fallback_from=bindparam("fallback_from"),
+                route_reason=bindparam("route_reason"),
+            )
+            .returning(Run.job)
+        )
+        self.reroute = (
+            update(Run)
+            .where(
+                Run.id == bindparam("run_id"),
+                Run.status == bindparam("seen_status"),
+                Run.recoveries == bindparam("seen_recoveries"),
+                Run.attempts == bindparam("seen_attempts"),
+            )
+            .values(
+                status=QUEUED,
+                backend=bindparam("backend"),
+                recoveries=bindparam("recoveries"),
+                next_attempt_at=bindparam("now", type_=Run.next_attempt_at.type),
+                route_reason=bindparam("route_reason"),
+            )
+        )
+        # Where a run is, for a transport that could not claim it (not a write: read by id).
+        self.state = select(Run.status, Run.attempts, Run.heartbeat_at).where(
+            Run.id == bindparam("run_id")
         )
         self.heartbeat = (
             update(Run)
