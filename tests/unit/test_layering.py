@@ -1,5 +1,7 @@
-"""Backends are transports below dispatch: they import neither the application object, nor
-dispatch, nor SQLAlchemy, and no import cycle runs through them, not even under TYPE_CHECKING.
+"""The layout's rules, read from the source: dependencies point one way (cli -> app ->
+dispatch/maintenance/rollout -> backends -> runtime/flags -> store), only the application layer
+knows the Toolkit, no import cycle anywhere, only the store writes or asks which database it is
+on; backends are transports that import neither the application, nor dispatch, nor SQLAlchemy.
 
 Imports are read from the source (every ``import``, wherever it sits), so a cycle hidden under
 ``if TYPE_CHECKING:`` counts as one.
@@ -73,3 +75,126 @@ def test_no_import_cycle_runs_through_a_backend() -> None:
                 if nxt not in seen:
                     seen.add(nxt)
                     stack.append((nxt, [*path, nxt]))
+
+
+# --- the whole package ---------------------------------------------------------------------------
+
+# Each top-level part and its layer: a module may import its own part and lower layers only.
+LAYERS = {
+    "errors": 0, "config": 0, "events": 0, "jobs": 0,
+    "store": 1,
+    "runtime": 2, "flags": 2,
+    "backends": 3,
+    "dispatch": 4,
+    "maintenance": 5, "rollout": 5,
+    "app": 6,
+    "testing": 7, "cli": 7, "__init__": 7,
+    "__main__": 8,
+}  # fmt: skip
+
+
+def part(module: str) -> str:
+    names = module.split(".")
+    return names[1] if len(names) > 1 else "__init__"
+
+
+def test_every_module_belongs_to_a_layer() -> None:
+    assert sorted({part(m) for m in MODULES} - set(LAYERS)) == []
+
+
+def test_dependencies_point_one_way() -> None:
+    upward = sorted(
+        f"{m} -> {i}"
+        for m in MODULES
+        for i in imports(m)
+        if i in MODULES and part(i) != part(m) and LAYERS[part(i)] >= LAYERS[part(m)]
+        and LAYERS[part(m)] > 0  # the base modules (errors, config, jobs, events) share a layer
+    )  # fmt: skip
+    assert upward == []
+
+
+def test_only_the_application_layer_knows_the_toolkit() -> None:
+    knowing = sorted(m for m in MODULES if "toolkit.app" in imports(m))
+    allowed = {"toolkit", "toolkit.testing"}
+    assert [m for m in knowing if m not in allowed and part(m) not in ("app", "cli")] == []
+
+
+def test_no_import_cycle_anywhere() -> None:
+    graph = {m: sorted(i for i in imports(m) if i in MODULES) for m in MODULES}
+    # Tarjan's strongly connected components: any component of two or more is a cycle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    assert cycles == []
+
+
+def outside_store() -> list[str]:
+    return sorted(m for m in MODULES if part(m) != "store")
+
+
+@pytest.mark.parametrize("module", outside_store())
+def test_only_the_store_asks_which_database_it_is_on(module: str) -> None:
+    tree = ast.parse(MODULES[module].read_text())
+    asked = [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in ("is_postgres", "dialect")
+    ]
+    assert asked == [], f"{module} asks for the dialect on lines {asked}"
+
+
+WRITES = {"insert", "update", "delete"}
+
+
+@pytest.mark.parametrize("module", outside_store())
+def test_only_the_store_writes(module: str) -> None:
+    """No statement that changes a table is built outside the store: no INSERT, UPDATE or
+    DELETE construct imported from SQLAlchemy, no ORM ``add``/``delete`` on a session, no
+    textual DML."""
+    tree = ast.parse(MODULES[module].read_text())
+    bad = [
+        f"line {node.lineno}: {alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy")
+        for alias in node.names
+        if alias.name in WRITES
+    ]
+    bad += [
+        f"line {call.lineno}: {sql[:30]!r}"
+        for call in ast.walk(tree)
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "text"
+        for sql in _strings(call.args[:1])
+        if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))
+    ]
+    assert bad == [], f"{module} builds writes: {bad}"
+
+
+def _strings(nodes: list[ast.expr]) -> list[str]:
+    return [n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)]
