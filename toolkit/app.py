@@ -18,14 +18,14 @@ from toolkit.config import LEGACY
 from toolkit.dispatch.dispatcher import Dispatcher, DispatchRequest, Route, RunHandle
 from toolkit.errors import ConfigError, InvalidInput
 from toolkit.events import Events, Listener, RunEvent
+from toolkit.flags.changes import FlagChanges
 from toolkit.flags.provider import RolloutProvider
 from toolkit.jobs import JobFunction, JobRegistry, JobSpec, RateLimit, make_spec
 from toolkit.runtime.lifecycle import Runtime
-from toolkit.store.audit import AuditLog, default_actor
+from toolkit.store.audit import AuditLog
 from toolkit.store.credits import Credits
 from toolkit.store.engine import Database
 from toolkit.store.lifecycle import RunStore
-from toolkit.store.models import RolloutState
 from toolkit.store.records import RunRecords
 from toolkit.store.rollouts import RolloutStore, RolloutView
 from toolkit.store.runs import RunQueries, parse_run_id
@@ -77,6 +77,7 @@ class Toolkit:
         # A domain of our own: the global OpenFeature default provider stays the host app's.
         self.flag_domain = f"toolkit-{uuid.uuid4().hex[:12]}"
         openfeature_api.set_provider_and_wait(self.provider, self.flag_domain)
+        self.flags = FlagChanges(self.jobs, self.rollouts, self.provider)
         self.dispatcher = Dispatcher(
             jobs=self.jobs,
             client=openfeature_api.get_client(self.flag_domain),
@@ -186,8 +187,8 @@ class Toolkit:
     # --- rollouts ------------------------------------------------------------------------------
 
     def rollout(self, job: str) -> RolloutView:
-        spec = self.jobs.get(job)
-        return self.rollouts.get(spec.flag_key, on_variant=spec.target)
+        """The job's rollout as stored now: percentage, state, lists, version."""
+        return self.flags.view(job)
 
     def set_rollout(
         self,
@@ -198,31 +199,20 @@ class Toolkit:
         actor: str | None = None,
         expected_version: int | None = None,
     ) -> RolloutView:
-        spec = self.jobs.get(job)
-        view = self.rollouts.set_percentage(
-            spec.flag_key,
-            percentage,
-            on_variant=spec.target,
-            actor=actor or default_actor(),
-            reason=reason,
-            expected_version=expected_version,
+        """Route ``percentage`` of the job's keys (sticky per key) to its target backend.
+
+        Audited with ``reason``; ``expected_version`` makes it an optimistic edit that fails
+        with ``VersionConflict`` if the rollout changed since it was read.
+        """
+        return self.flags.set_percentage(
+            job, percentage, reason=reason, actor=actor, expected_version=expected_version
         )
-        self._flags_changed()
-        return view
 
     def rollback(self, job: str, *, reason: str, actor: str | None = None) -> RolloutView:
         """0% at once: new work goes to legacy; runs already in flight finish where they are."""
-        spec = self.jobs.get(job)
-        view = self.rollouts.set_percentage(
-            spec.flag_key,
-            0,
-            on_variant=spec.target,
-            actor=actor or default_actor(),
-            reason=reason,
-            action="rollout.rollback",
+        return self.flags.set_percentage(
+            job, 0, reason=reason, actor=actor, action="rollout.rollback"
         )
-        self._flags_changed()
-        return view
 
     def set_listed(
         self,
@@ -234,37 +224,16 @@ class Toolkit:
         reason: str,
         actor: str | None = None,
     ) -> RolloutView:
-        spec = self.jobs.get(job)
-        view = self.rollouts.set_listed(
-            spec.flag_key,
-            key,
-            which=which,
-            present=present,
-            on_variant=spec.target,
-            actor=actor or default_actor(),
-            reason=reason,
+        """Put ``key`` on (or take it off) the allow or deny list, before the percentage."""
+        return self.flags.set_listed(
+            job, key, which=which, present=present, reason=reason, actor=actor
         )
-        self._flags_changed()
-        return view
 
     def set_killed(
         self, job: str, killed: bool, *, reason: str, actor: str | None = None
     ) -> RolloutView:
-        spec = self.jobs.get(job)
-        state = RolloutState.KILLED if killed else RolloutState.ACTIVE
-        view = self.rollouts.set_state(
-            spec.flag_key,
-            state,
-            on_variant=spec.target,
-            actor=actor or default_actor(),
-            reason=reason,
-        )
-        self._flags_changed()
-        return view
-
-    def _flags_changed(self) -> None:
-        if isinstance(self.provider, RolloutProvider):
-            self.provider.invalidate()
+        """The kill switch: every key to legacy at once, whatever the percentage."""
+        return self.flags.set_killed(job, killed, reason=reason, actor=actor)
 
     # --- lifecycle -----------------------------------------------------------------------------
 

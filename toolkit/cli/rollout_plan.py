@@ -37,10 +37,9 @@ def controller(
     return RolloutController(
         db=tk.db,
         jobs=tk.jobs,
-        rollouts=tk.rollouts,
+        flags=tk.flags,
         runs=tk.runs,
         audit=tk.audit,
-        provider=tk.provider,
         clock=clock,
         sleep=sleep,
     )

@@ -21,8 +21,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from openfeature.provider import FeatureProvider
-
 from toolkit.config import LEGACY
 from toolkit.errors import (
     GatesFailed,
@@ -34,7 +32,7 @@ from toolkit.errors import (
     StepComplete,
     VersionConflict,
 )
-from toolkit.flags.provider import RolloutProvider
+from toolkit.flags.changes import FlagChanges
 from toolkit.jobs import JobRegistry
 from toolkit.rollout.arms import ArmStats, collect
 from toolkit.rollout.gates import (
@@ -58,7 +56,7 @@ from toolkit.rollout.types import (
 from toolkit.store.audit import AuditLog, default_actor
 from toolkit.store.engine import Database
 from toolkit.store.models import RunStatus, utcnow
-from toolkit.store.rollouts import RolloutStore, RolloutView
+from toolkit.store.rollouts import RolloutView
 from toolkit.store.runs import RunQueries, RunView
 
 log = logging.getLogger("toolkit.rollout")
@@ -101,8 +99,8 @@ def _moved(before: Any, after: Any) -> bool:
 class RolloutController:
     """Receives the parts it uses (the Toolkit wires them: :mod:`toolkit.cli.rollout_plan`).
 
-    ``db`` is only read (one snapshot per evaluation); every write goes through ``rollouts``,
-    which audits it; ``provider`` is told when a flag changed, if it caches flags.
+    ``db`` is only read (one snapshot per evaluation); every change goes through ``flags``,
+    which the store audits and which tells this process's flag cache.
     """
 
     def __init__(
@@ -110,19 +108,17 @@ class RolloutController:
         *,
         db: Database,
         jobs: JobRegistry,
-        rollouts: RolloutStore,
+        flags: FlagChanges,
         runs: RunQueries,
         audit: AuditLog,
-        provider: FeatureProvider | None = None,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         self._db = db
         self._jobs = jobs
-        self._rollouts = rollouts
+        self._flags = flags
         self._runs = runs
         self._audit = audit
-        self._provider = provider
         self._clock = clock
         self._sleep = sleep or time.sleep  # looked up now: tests and Ctrl-C drills patch it
 
@@ -133,7 +129,7 @@ class RolloutController:
 
     def state(self, job: str) -> PlanState:
         spec = self._jobs.get(job)
-        view = self._rollouts.get(spec.flag_key, on_variant=spec.target)
+        view = self._flags.view(job)
         return PlanState(job, spec.target, plan_for(spec), view, self._step_began(spec.flag_key))
 
     def _step_began(self, flag_key: str) -> datetime | None:
@@ -172,19 +168,14 @@ class RolloutController:
         actor: str | None,
         expected_version: int | None,
     ) -> RolloutView:
-        spec = self._jobs.get(state.job)
-        view = self._rollouts.set_percentage(
-            spec.flag_key,
+        return self._flags.set_percentage(
+            state.job,
             percentage,
-            on_variant=spec.target,
-            actor=actor or default_actor(),
             reason=reason,
+            actor=actor,
             expected_version=expected_version,
             action=action,
         )
-        if isinstance(self._provider, RolloutProvider):
-            self._provider.invalidate()  # this process routes by the new value at once
-        return view
 
     def advance(
         self,
@@ -243,14 +234,7 @@ class RolloutController:
     def set_paused(
         self, job: str, paused: bool, *, reason: str, actor: str | None = None
     ) -> RolloutView:
-        spec = self._jobs.get(job)
-        return self._rollouts.set_paused(
-            spec.flag_key,
-            paused,
-            on_variant=spec.target,
-            actor=actor or default_actor(),
-            reason=reason,
-        )
+        return self._flags.set_paused(job, paused, reason=reason, actor=actor)
 
     def rollback(
         self, job: str, *, reason: str, actor: str | None = None, ramp: bool = False
