@@ -180,7 +180,7 @@ class CleanupSweep(_StaleSweep, _PagedSweep):
         )
 
     def page_action(self, page: Select[Any]) -> PageAction:
-        """The store's failure of a locked page: FAILED, dead letter and refund per run still stuck."""
+        """The store's failure of a locked page: FAILED, dead letter and refund per stuck run."""
         return self.parts.sweeps.failures(page, self.errors(), reason=self.refund_reason())
 
     def _changes(self, rows: Sequence[Row[Any]], failed: dict[uuid.UUID, int]) -> list[Change]:
