@@ -82,7 +82,7 @@ class Gate:
         return self.render(self.detail) if self.render else str(self.detail.get("text", ""))
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: name, verdict, the rendered number and the raw detail (but ``text``)."""
+        """JSON-ready: name, verdict, the rendered number and the raw detail (less ``text``)."""
         return {
             "gate": self.name,
             "verdict": self.verdict.value,
