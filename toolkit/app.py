@@ -169,19 +169,28 @@ class Toolkit:
         idempotency_key: str | None = None,
         account: str | None = None,
     ) -> RunHandle:
+        """Record the run (and its debit: both or neither) and hand it to the backend the flag picks
+        for ``key`` (default: the run id). A seen ``idempotency_key`` returns that run's handle with
+        ``created=False``; a refused hand-over falls back per the job."""
         return self.dispatcher.dispatch(
             job, payload, key=key, idempotency_key=idempotency_key, account=account
         )
 
     def dispatch_many(self, job: str, requests: Iterable[DispatchRequest | Any]) -> list[RunHandle]:
+        """:meth:`dispatch` for a batch: every run and debit in one transaction, then each
+        hand-over; handles in request order. An item that is not a DispatchRequest is a payload."""
         return self.dispatcher.dispatch_many(job, requests)
 
     def route(self, job: str, key: str) -> Route:
+        """Which backend ``key`` would get now and why, without dispatching anything; a flag error
+        routes to legacy rather than raising."""
         if not isinstance(key, str) or not key:
             raise InvalidInput("targeting key must be a non-empty string")
         return self.dispatcher.route(self.jobs.get(job), key)
 
     def cancel(self, run_id: object, *, reason: str = "cancelled by operator") -> bool:
+        """Cancel a QUEUED or RUNNING run and refund its debit; False if it is unknown or already
+        finished. A running attempt stops at its next step."""
         return self.runtime.cancel(parse_run_id(run_id), reason)
 
     # --- rollouts ------------------------------------------------------------------------------
@@ -238,6 +247,8 @@ class Toolkit:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def migrate(self) -> None:
+        """Bring the toolkit's tables to the newest schema (Alembic upgrade to head); a no-op when
+        they are current."""
         self.db.migrate()
 
     def close(self, *, wait: bool = True) -> None:

@@ -25,10 +25,13 @@ SIGNIFICANT = 0.05
 
 
 def verdict(value: Verdict) -> str:
+    """The verdict in its Rich colour: green PASS, red FAIL, yellow INCONCLUSIVE."""
     return f"[{VERDICT_STYLE[value]}]{value.value}[/]"
 
 
 def gates_table(title: str, gates: Iterable[Gate], first: str = "gate") -> Table:
+    """One row per gate (name, verdict, number): the report's scorecard and ``rollout gates``
+    share it."""
     return table(
         title, [first, "verdict", "number"], [(g.name, verdict(g.verdict), g.number) for g in gates]
     )
@@ -79,6 +82,7 @@ def _rank(test: RankTest | None) -> str:
 
 
 def render(report: Report) -> None:
+    """Print the report's tables to the console (``--json`` prints ``Report.as_dict``)."""
     out = console()
     w = report.window
     span = f"{w.since:%Y-%m-%d %H:%M} → {w.until:%Y-%m-%d %H:%M} UTC"

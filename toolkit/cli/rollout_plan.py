@@ -51,6 +51,7 @@ _JSON = click.option("--json", "as_json", is_flag=True, help="Machine-readable o
 
 
 def render_evaluation(ev: StepEvaluation) -> None:
+    """Print the gates of the current step, with where it goes next and whether paused or killed."""
     st = ev.state
     began = f"since {when(st.step_began)}" if st.step_began else "no rollout change yet"
     nxt = f"{step_text(st.next_step)}" if st.next_step is not None else "none (last step)"
@@ -66,6 +67,7 @@ def render_evaluation(ev: StepEvaluation) -> None:
 
 
 def render_rollback(result: RollbackResult, verb: str) -> None:
+    """Print the move, what is left draining on the new backend, and the clean-up commands."""
     out = console()
     out.print(
         f"[green]{verb}[/] {result.job}: {step_text(result.before)} → "
@@ -94,6 +96,7 @@ def render_rollback(result: RollbackResult, verb: str) -> None:
 def rollback_command(
     obj: CliContext, job: str, reason: str, actor: str | None, ramp: bool, as_json: bool
 ) -> None:
+    """Body of ``rollout rollback`` (``ramp``: to the previous step instead of 0 %)."""
     result = controller(obj.toolkit).rollback(job, reason=reason, actor=actor, ramp=ramp)
     if as_json:
         emit_json(result.as_dict())
@@ -265,5 +268,6 @@ def watch(
 
 
 def register(group: click.Group) -> None:
+    """Add the plan commands (gates, advance, pause, resume, watch) to the ``rollout`` group."""
     for command in (gates, advance, _hold(True), _hold(False), watch):
         group.add_command(command)

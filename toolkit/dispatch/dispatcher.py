@@ -108,6 +108,8 @@ class Dispatcher:
         idempotency_key: str | None = None,
         account: str | None = None,
     ) -> RunHandle:
+        """One run: validate, route, record (a seen idempotency key returns the existing run,
+        ``created=False``), then hand over under the job's fallback policy."""
         job = self._jobs.get(job_name)
         request = self._validate(job, DispatchRequest(payload, key, idempotency_key, account))
         run_id = uuid.uuid4()

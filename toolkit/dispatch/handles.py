@@ -26,13 +26,20 @@ class RunRecord(Protocol):
     """What a handle refreshes from: any view of the run's record with these fields."""
 
     @property
-    def backend(self) -> str: ...
+    def backend(self) -> str:
+        """The backend holding the run now, after any fallback or recovery."""
+
     @property
-    def status(self) -> str: ...
+    def status(self) -> str:
+        """A RunStatus value, e.g. ``"QUEUED"``."""
+
     @property
-    def fallback_from(self) -> str | None: ...
+    def fallback_from(self) -> str | None:
+        """The backend that refused the run at hand-over; None if none did."""
+
     @property
-    def error(self) -> str | None: ...
+    def error(self) -> str | None:
+        """Why it failed or was cancelled, or the last attempt's error before a retry; else None."""
 
 
 RunReader = Callable[[uuid.UUID], RunRecord]
@@ -50,6 +57,7 @@ class Route:
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict, for JSON output."""
         return dict(self.__dict__)
 
 
@@ -94,6 +102,7 @@ class RunHandle:
 
 
 def check_str(name: str, value: object) -> str | None:
+    """None passes; otherwise a non-empty string of at most 200 characters, or InvalidInput."""
     if value is None:
         return None
     if not isinstance(value, str) or not value or len(value) > 200:
@@ -102,6 +111,8 @@ def check_str(name: str, value: object) -> str | None:
 
 
 def check_payload(job: str, payload: object) -> Any:
+    """The payload after a JSON round trip, i.e. what the job will receive (tuples become lists);
+    InvalidPayload if it does not serialize (NaN included)."""
     try:
         return json.loads(json.dumps(payload, allow_nan=False))
     except (TypeError, ValueError) as exc:
@@ -109,6 +120,7 @@ def check_payload(job: str, payload: object) -> Any:
 
 
 def as_request(item: DispatchRequest | Mapping[str, Any] | Any) -> DispatchRequest:
+    """A DispatchRequest as is; anything else, a mapping included, is taken as the payload."""
     if isinstance(item, DispatchRequest):
         return item
     return DispatchRequest(item)

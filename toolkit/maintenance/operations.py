@@ -95,12 +95,15 @@ class RefundSweep(_PagedSweep):
     statuses = (RunStatus.FAILED, RunStatus.CANCELLED)
 
     def criteria(self, status: RunStatus) -> Sequence[ColumnElement[bool]]:
+        """Not refunded yet, then debited: most failed runs were refunded, so ask that first."""
         return [NOT_REFUNDED, HAS_DEBIT]  # most failed runs are refunded already: ask that first
 
     def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
+        """Each row's refund as it stands now (the debit still owed); nothing is written."""
         return [Change.of(r, "refund", r.owed or 0) for r in rows]
 
     def page_action(self, page: Select[Any]) -> PageAction:
+        """The store's refund of a locked page, each run's debit at most once."""
         return self.parts.sweeps.refunds(page, reason=self.REASON)
 
     def _changes(self, rows: Sequence[Row[Any]], done: dict[uuid.UUID, int]) -> list[Change]:
@@ -152,9 +155,12 @@ class CleanupSweep(_StaleSweep, _PagedSweep):
         self.reason = reason
 
     def criteria(self, status: RunStatus) -> Sequence[ColumnElement[bool]]:
+        """Stale (see :func:`stale`) and recovered ``max_recoveries`` times: recovery gave up."""
         return [Run.recoveries >= self.max_recoveries, stale(status, self.cutoff)]
 
     def errors(self) -> dict[RunStatus, str]:
+        """The error each failed run records, per status it was stuck in; names the cutoff and
+        the operator's reason."""
         gave_up = f"recovery gave up after {self.max_recoveries} re-dispatches"
         suffix = f" ({self.reason})" if self.reason else ""
         return {
@@ -164,14 +170,17 @@ class CleanupSweep(_StaleSweep, _PagedSweep):
         }
 
     def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
+        """Each row's move to FAILED and the credits its refund would return; nothing is written."""
         return [Change.of(r, f"{r.status} → FAILED", r.owed or 0) for r in rows]
 
     def refund_reason(self) -> str:
+        """The ledger reason of the cleanup's refunds, with the operator's reason if given."""
         return "run failed: orphaned, recovery gave up" + (
             f" ({self.reason})" if self.reason else ""
         )
 
     def page_action(self, page: Select[Any]) -> PageAction:
+        """The store's failure of a locked page: FAILED, dead letter and refund per stuck run."""
         return self.parts.sweeps.failures(page, self.errors(), reason=self.refund_reason())
 
     def _changes(self, rows: Sequence[Row[Any]], failed: dict[uuid.UUID, int]) -> list[Change]:
@@ -200,9 +209,11 @@ class RecoverSweep(_StaleSweep):
         self._pending: list[Reroute] = []
 
     def criteria(self, status: RunStatus) -> Sequence[ColumnElement[bool]]:
+        """Stale (see :func:`stale`) and recovered fewer than ``max_recoveries`` times."""
         return [Run.recoveries < self.max_recoveries, stale(status, self.cutoff)]
 
     def columns(self, *, apply: bool) -> Sequence[Any]:
+        """What :meth:`Dispatcher.reroute_in` matches on: targeting key, recoveries, attempts."""
         return [Run.targeting_key, Run.recoveries, Run.attempts]
 
     def _route(self, row: Row[Any]) -> Route | None:
@@ -211,6 +222,8 @@ class RecoverSweep(_StaleSweep):
         return self.parts.dispatcher.route(self.parts.jobs.get(row.job), row.targeting_key)
 
     def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
+        """The backend the flag would pick for each row now; runs of jobs this app does not
+        register are skipped."""
         changes = []
         for r in rows:
             route = self._route(r)
@@ -221,9 +234,13 @@ class RecoverSweep(_StaleSweep):
         return changes
 
     def prepare(self, rows: Sequence[Row[Any]]) -> None:
+        """Evaluate the flag for the batch before its transaction: a provider that reads the
+        database would wait on the batch's write lock (SQLite)."""
         self._routes = {r.id: route for r in rows if (route := self._route(r)) is not None}
 
     def apply(self, s: Session, rows: Sequence[Row[Any]]) -> list[Change]:
+        """Move each locked row back to QUEUED on its new route, in ``s``; a row that moved
+        meanwhile is skipped. The hand-over waits for :meth:`after_commit`."""
         changes = []
         for r in rows:
             if r.job not in self.parts.jobs:

@@ -56,15 +56,24 @@ class Parts(Protocol):
     """What the sweeps use; the ``Toolkit`` provides it (they never see the rest of it)."""
 
     @property
-    def db(self) -> Database: ...
+    def db(self) -> Database:
+        """The database the sweeps read and lock pages in."""
+
     @property
-    def jobs(self) -> JobRegistry: ...
+    def jobs(self) -> JobRegistry:
+        """The app's jobs: recover routes only the runs of registered jobs."""
+
     @property
-    def backends(self) -> Mapping[str, BaseBackend]: ...
+    def backends(self) -> Mapping[str, BaseBackend]:
+        """The configured backends, to check a ``--backend`` filter."""
+
     @property
-    def dispatcher(self) -> Dispatcher: ...
+    def dispatcher(self) -> Dispatcher:
+        """Routes and hands over the runs that recover moves."""
+
     @property
-    def sweeps(self) -> SweepStore: ...
+    def sweeps(self) -> SweepStore:
+        """The store's page actions for refund and cleanup (recovery writes via the dispatcher)."""
 
 
 class Sweep(ABC):
@@ -87,6 +96,7 @@ class Sweep(ABC):
         return ()
 
     def parameters(self) -> dict[str, Any]:
+        """The sweep's own options, as recorded in its report and audit entries."""
         return {}
 
     #: True: :meth:`prepare` sees each batch's rows outside any transaction before

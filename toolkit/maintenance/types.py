@@ -41,6 +41,7 @@ class Filters:
             raise InvalidInput(f"batch size must be from 1 to {MAX_BATCH}, not {self.batch_size!r}")
 
     def criteria(self) -> list[ColumnElement[bool]]:
+        """The SQL conditions of the set filters (limit and batch size are the sweeper's)."""
         out: list[ColumnElement[bool]] = []
         if self.job is not None:
             out.append(Run.job == self.job)
@@ -51,6 +52,7 @@ class Filters:
         return out
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, for the report and the audit entries."""
         return {
             "job": self.job,
             "backend": self.backend,
@@ -75,11 +77,13 @@ class Change:
 
     @classmethod
     def of(cls, row: Row[Any], change: str, credits: int = 0, skipped: str | None = None) -> Change:
+        """From a page row, which must carry id, job, backend, status and created_at."""
         return cls(
             row.id, row.job, row.backend, row.status, row.created_at, change, credits, skipped
         )
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, with ``created_at`` in UTC."""
         return {
             "run_id": str(self.run_id),
             "job": self.job,
@@ -116,6 +120,8 @@ class Report:
     elapsed: float = 0.0
 
     def add(self, changes: Sequence[Change]) -> None:
+        """Count the changes into the totals (skipped ones by reason only) and keep the first few
+        as the sample."""
         for c in changes:
             if len(self.sample) < SAMPLE:
                 self.sample.append(c)
@@ -129,6 +135,7 @@ class Report:
             totals.credits += c.credits
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: totals sorted by (job, backend, change), and the sample, never every run."""
         return {
             "action": self.action,
             "applied": self.applied,

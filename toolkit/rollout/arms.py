@@ -46,21 +46,26 @@ class ArmStats:
 
     @property
     def finished(self) -> int:
+        """Completed, failed or cancelled: the runs the success rate is over."""
         return self.completed + self.failed + self.cancelled
 
     @property
     def in_flight(self) -> int:
+        """Queued or running: what a rollback leaves to drain."""
         return self.queued + self.running
 
     @property
     def credit_errors(self) -> int:
+        """Debited failed/cancelled runs with no refund, plus refunds of runs that did not fail."""
         return self.unrefunded + self.refunds_without_failure
 
     @property
     def success(self) -> Interval | None:
+        """Success rate over finished runs, with its 95 % Wilson interval; None before any ends."""
         return wilson(self.completed, self.finished)
 
     def counts(self) -> ArmCounts:
+        """What the gates read from this arm (queue p95 included)."""
         return ArmCounts(
             finished=self.finished,
             completed=self.completed,
@@ -73,6 +78,7 @@ class ArmStats:
         )
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: counts, success rate and interval, queue and duration percentiles."""
         ci = self.success
         return {
             "backend": self.backend,

@@ -125,9 +125,11 @@ class RolloutController:
     # --- reading ---------------------------------------------------------------------------
 
     def plan(self, job: str) -> RolloutPlan:
+        """The job's declared rollout plan, or the default plan."""
         return plan_for(self._jobs.get(job))
 
     def state(self, job: str) -> PlanState:
+        """The job's percentage now, its plan, and when the step began (read from the audit log)."""
         spec = self._jobs.get(job)
         view = self._flags.view(job)
         return PlanState(job, spec.target, plan_for(spec), view, self._step_began(spec.flag_key))
@@ -141,6 +143,8 @@ class RolloutController:
         return None
 
     def evaluate(self, job: str) -> StepEvaluation:
+        """Gates of the current step over the runs created since it began; read-only, figures
+        from one snapshot. Always INCONCLUSIVE at 0 %."""
         return self._evaluate(self.state(job))
 
     def _evaluate(self, state: PlanState) -> StepEvaluation:
@@ -185,6 +189,9 @@ class RolloutController:
         reason: str | None = None,
         actor: str | None = None,
     ) -> Moved:
+        """To the plan's next step if the gates pass (from 0 % without gates), as an optimistic
+        edit. Refuses a killed or paused rollout; FAIL or INCONCLUSIVE gates refuse too, unless
+        ``force`` (with a reason)."""
         if force and not (reason and reason.strip()):
             raise InvalidInput("--force needs --reason: an override is audited with its why")
         state = self.state(job)
@@ -234,11 +241,14 @@ class RolloutController:
     def set_paused(
         self, job: str, paused: bool, *, reason: str, actor: str | None = None
     ) -> RolloutView:
+        """Hold or release the plan (audited); routing stays as it is, only advancing stops."""
         return self._flags.set_paused(job, paused, reason=reason, actor=actor)
 
     def rollback(
         self, job: str, *, reason: str, actor: str | None = None, ramp: bool = False
     ) -> RollbackResult:
+        """0 % at once (``ramp``: the previous step), unconditionally, whatever the version;
+        returns what is still in flight on the new backend and the commands to clean it up."""
         state = self.state(job)
         if ramp:
             view = self._set(

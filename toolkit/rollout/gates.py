@@ -82,6 +82,7 @@ class Gate:
         return self.render(self.detail) if self.render else str(self.detail.get("text", ""))
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: name, verdict, the rendered number and the raw detail (less ``text``)."""
         return {
             "gate": self.name,
             "verdict": self.verdict.value,
@@ -96,15 +97,19 @@ class Evaluation:
     gates: tuple[Gate, ...]
 
     def failing(self) -> list[Gate]:
+        """The gates that said FAIL, in order: what a refused advance names."""
         return [g for g in self.gates if g.verdict is Verdict.FAIL]
 
     def inconclusive(self) -> list[Gate]:
+        """The gates still short of evidence, in order: what to wait for."""
         return [g for g in self.gates if g.verdict is Verdict.INCONCLUSIVE]
 
     def summary(self) -> str:
+        """Every gate's verdict and number on one line: the audit reason of a move quotes it."""
         return "; ".join(f"{g.name} {g.verdict.value.lower()}: {g.number}" for g in self.gates)
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the combined verdict and each gate's."""
         return {"verdict": self.verdict.value, "gates": [g.as_dict() for g in self.gates]}
 
 
@@ -114,10 +119,12 @@ def step_text(value: Decimal) -> str:
 
 
 def pct(value: float | None) -> str:
+    """A fraction as a percentage with one decimal; "-" for None (no runs)."""
     return "-" if value is None else f"{value * 100:.1f}%"
 
 
 def pp(value: float) -> str:
+    """A difference of fractions in signed percentage points, e.g. "-1.2 pp"."""
     return f"{value * 100:+.1f} pp"
 
 
@@ -134,6 +141,7 @@ def _soak_text(d: dict[str, Any]) -> str:
 
 
 def soak_gate(plan: RolloutPlan, elapsed: float) -> Gate:
+    """PASS once the step has been live ``min_soak`` seconds; never FAIL, time only helps."""
     verdict = Verdict.PASS if elapsed >= plan.soak_seconds else Verdict.INCONCLUSIVE
     detail = {"elapsed_seconds": elapsed, "min_soak_seconds": plan.soak_seconds}
     return Gate("soak time", verdict, detail, _soak_text, "soak")
@@ -144,6 +152,7 @@ def _runs_text(d: dict[str, Any]) -> str:
 
 
 def runs_gate(plan: RolloutPlan, new: ArmCounts, legacy: ArmCounts) -> Gate:
+    """PASS once both arms finished ``min_runs`` runs; never FAIL, only INCONCLUSIVE before."""
     enough = new.finished >= plan.min_runs and legacy.finished >= plan.min_runs
     detail = {"new": new.finished, "legacy": legacy.finished, "min_runs": plan.min_runs}
     verdict = Verdict.PASS if enough else Verdict.INCONCLUSIVE

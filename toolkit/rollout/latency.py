@@ -71,6 +71,7 @@ class Samples:
     capped: bool = False
 
     def merged(self, other: Samples) -> Samples:
+        """Each sample from whichever half has it (each statement fills one metric)."""
         return Samples(
             self.queue or other.queue, self.duration or other.duration, self.capped or other.capped
         )
@@ -85,12 +86,15 @@ class Figures:
 
     @classmethod
     def empty(cls, groups: Iterable[Key], limits: dict[Key, uuid.UUID | None]) -> Figures:
+        """No observations yet for ``groups``; the arms in ``limits`` get samples, capped when
+        their limit is an id (None: every run)."""
         return cls(
             {k: Latencies() for k in groups},
             {k: Samples(capped=v is not None) for k, v in limits.items()},
         )
 
     def put(self, key: Key, slot: tuple[str, str], value: Any) -> None:
+        """Store one result cell: ``slot`` is (kind, metric) with kind "pct", "over" or a sample."""
         what, metric = slot
         if what == "pct":
             setattr(self.latencies[key], metric, _triple(value))

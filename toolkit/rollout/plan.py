@@ -79,6 +79,7 @@ class RolloutPlan:
             object.__setattr__(self, name, value)
 
     def next_step(self, current: Decimal) -> Decimal | None:
+        """The first step above ``current``; None when the plan has none left."""
         return next((s for s in self.step_values if s > current), None)
 
     def previous_step(self, current: Decimal) -> Decimal:
@@ -87,6 +88,7 @@ class RolloutPlan:
         return below[-1] if below else Decimal("0.00")
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the normalised steps and thresholds, durations in seconds."""
         return {
             "steps": [float(s) for s in self.step_values],
             "min_runs": self.min_runs,

@@ -28,17 +28,21 @@ class Window:
     until: datetime
 
     def where(self) -> ColumnElement[bool]:
+        """Runs created in the window: ``since`` included, ``until`` excluded."""
         return and_(Run.created_at >= self.since, Run.created_at < self.until)
 
     @property
     def seconds(self) -> float:
+        """The window's length in seconds."""
         return (self.until - self.since).total_seconds()
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: both bounds in ISO 8601."""
         return {"since": self.since.isoformat(), "until": self.until.isoformat()}
 
 
 def scope(window: Window, jobs: Sequence[str] | None) -> ColumnElement[bool]:
+    """The window's runs, of ``jobs`` only when given (None: every job)."""
     where = window.where()
     return and_(where, Run.job.in_(jobs)) if jobs is not None else where
 

@@ -56,6 +56,7 @@ class Comparison:
     sampled: bool = False
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, legacy as the baseline; ``p_new_slower`` is the rank test's superiority."""
         d = self.difference
         return {
             "backend": self.backend,
@@ -92,10 +93,12 @@ class JobReport:
     scorecard: list[Gate]
 
     def arm(self, backend: str | None) -> ArmStats:
+        """The arm of ``backend``; an empty one when it had no runs in the window."""
         found = next((a for a in self.arms if a.backend == backend), None)
         return found or ArmStats(self.job, backend or "-")
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: arms, comparisons, scorecard and plan."""
         return {
             "job": self.job,
             "new_backend": self.new_backend,
@@ -113,6 +116,7 @@ class Report:
     negative_balances: list[str]
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the window, each job's report and the accounts with a negative balance."""
         return {
             "window": self.window.as_dict(),
             "jobs": [j.as_dict() for j in self.jobs],
@@ -134,6 +138,7 @@ def _plan(jobs: JobRegistry, job: str) -> RolloutPlan:
 def resolve_window(
     since: datetime | None, until: datetime | None, now: datetime | None = None
 ) -> Window:
+    """``since``/``until``, by default the 24 hours up to now; InvalidInput if it is empty."""
     end = until or now or utcnow()
     start = since or end - DEFAULT_WINDOW
     if start >= end:

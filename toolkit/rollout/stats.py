@@ -22,6 +22,7 @@ SQRT2 = math.sqrt(2.0)
 
 
 def normal_cdf(z: float) -> float:
+    """P(Z <= z) for a standard normal, through ``math.erfc`` (accurate in the tails)."""
     return 0.5 * math.erfc(-z / SQRT2)
 
 
@@ -129,6 +130,7 @@ class RankTest:
 
     @property
     def superiority(self) -> float:
+        """P(random x > random y), ties counting one half: 0.5 means no shift."""
         return self.u / (self.n_x * self.n_y)
 
 

@@ -31,17 +31,21 @@ class PlanState:
 
     @property
     def current(self) -> Decimal:
+        """The percentage routed to the new backend now, as stored."""
         return self.view.percentage
 
     @property
     def next_step(self) -> Decimal | None:
+        """The plan's next step above the current percentage; None at (or past) the last one."""
         return self.plan.next_step(self.current)
 
     @property
     def previous_step(self) -> Decimal:
+        """The plan's step below the current one (0 below the first): where a ramp-down goes."""
         return self.plan.previous_step(self.current)
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, percentages as floats and the plan included."""
         nxt = self.next_step
         return {
             "job": self.job,
@@ -66,9 +70,11 @@ class StepEvaluation:
 
     @property
     def verdict(self) -> Verdict:
+        """The combined verdict of the step's gates."""
         return self.result.verdict
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the plan state, the window and the gates."""
         return {
             **self.state.as_dict(),
             "window": self.window.as_dict(),
@@ -86,6 +92,7 @@ class Moved:
     forced: bool = False
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: from and to, whether forced, the new version and the evaluation."""
         return {
             "job": self.before.job,
             "from": float(self.before.current),
@@ -106,6 +113,7 @@ class RollbackResult:
     follow_ups: list[str]
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the in-flight counts, a few of those runs and the follow-up commands."""
         return {
             "job": self.job,
             "from": float(self.before),

@@ -53,6 +53,7 @@ class Runtime:
         self.steps = StepMemo(StepStore(store.db, store.transitions))
 
     def retry_policy(self, job: JobSpec) -> RetryPolicy:
+        """The job's backoff: its retries, with this runtime's base and maximum delay."""
         return RetryPolicy(job.retries, self.base_delay, self.max_delay)
 
     # --- whole runs, for in-process executors ---------------------------------------------

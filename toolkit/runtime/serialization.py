@@ -17,4 +17,5 @@ def to_json(value: Any, *, what: str) -> Any:
 
 
 def describe(exc: BaseException) -> str:
+    """``Type: message``, as a run's error records it, capped at 4000 characters."""
     return f"{type(exc).__name__}: {exc}"[:4000]

@@ -42,6 +42,7 @@ class AuditView:
     reason: str | None
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the entry's fields, ``at`` in ISO 8601."""
         return {**self.__dict__, "at": self.at.isoformat()}
 
 
@@ -70,6 +71,7 @@ class AuditLog:
     def entries(
         self, *, since: datetime | None = None, target: str | None = None, limit: int = 1000
     ) -> list[AuditView]:
+        """Newest first, at most ``limit``, optionally since a time and for one target only."""
         query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
         if since is not None:
             query = query.where(AuditEntry.at >= since)

@@ -52,6 +52,7 @@ class LedgerTotals:
 
     @property
     def balance(self) -> int:
+        """What the ledger says the balance is; the account's running balance must agree."""
         return self.grants - self.debits + self.refunds
 
 
@@ -123,6 +124,7 @@ class Credits:
             return self._balance(s, account)
 
     def balance(self, account: str) -> int:
+        """The account's running balance now; 0 for an account never seen."""
         with self._db.transaction() as s:
             return self._balance(s, account)
 

@@ -35,6 +35,8 @@ PING_IDLE_AFTER = 1.0
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    """A SQLAlchemy engine for ``url``, tuned per database (SQLite pragmas and BEGIN IMMEDIATE;
+    psycopg, no server-side prepares). A bad URL or missing driver is a ConfigError."""
     try:
         if url.startswith("sqlite"):
             engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
@@ -156,6 +158,7 @@ class Database:
 
     @property
     def is_postgres(self) -> bool:
+        """PostgreSQL, where the report's readers share one exported snapshot."""
         return self.sql.name == "postgresql"
 
     @property
@@ -221,11 +224,13 @@ class Database:
         return self.sql.among(column, ids)
 
     def migrate(self, revision: str = "head") -> None:
+        """Alembic upgrade to ``revision`` on this engine; a no-op when already there."""
         from alembic import command
 
         command.upgrade(self.alembic_config(), revision)
 
     def alembic_config(self) -> Any:
+        """An Alembic config for the packaged migrations on this engine: no alembic.ini needed."""
         from alembic.config import Config
 
         cfg = Config()
@@ -234,4 +239,5 @@ class Database:
         return cfg
 
     def dispose(self) -> None:
+        """Close the pool's connections; for shutdown, once nothing uses the database any more."""
         self.engine.dispose()

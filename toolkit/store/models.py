@@ -42,6 +42,7 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC: what every stored timestamp is."""
     return datetime.now(UTC)
 
 
@@ -52,6 +53,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Naive values are taken as UTC; aware ones are converted to UTC."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -59,6 +61,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Always aware UTC, even from SQLite, which stores no zone."""
         if value is None:
             return None
         if value.tzinfo is None:
@@ -75,6 +78,7 @@ class RunStatus(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
+        """Completed, failed or cancelled: no transition leaves these."""
         return self in TERMINAL
 
 

@@ -98,6 +98,7 @@ class Postgres(Dialect):
     # --- statements ---------------------------------------------------------------------------
 
     def insert(self, table: Any) -> Any:
+        """PostgreSQL's INSERT, for ``on_conflict_do_nothing``."""
         return postgresql.insert(table)
 
     def among(self, column: Any, ids: Sequence[uuid.UUID]) -> Any:
@@ -123,6 +124,7 @@ class Postgres(Dialect):
         )
 
     def page_columns(self) -> Sequence[Any]:
+        """The run's debit, which the one-statement refund and cleanup batches need."""
         return DEBIT_COLUMNS if self.one_statement_batches else ()
 
     # --- reads (report, snapshot) --------------------------------------------------------------
@@ -132,6 +134,7 @@ class Postgres(Dialect):
         return column == func.any(func.array(subquery.scalar_subquery()))
 
     def seconds_between(self, later: Any, earlier: Any) -> Any:
+        """``date_part('epoch', later - earlier)``: the interval in seconds, as a float."""
         return func.date_part("epoch", later - earlier)
 
     def percentiles(self, fractions: Sequence[float]) -> Callable[[Any], Any] | None:
@@ -142,4 +145,5 @@ class Postgres(Dialect):
         return lambda values: func.percentile_cont(array).within_group(values)
 
     def gathered(self, values: Any) -> Any:
+        """``array_agg``: the rank-test samples in one array per group."""
         return func.array_agg(values)

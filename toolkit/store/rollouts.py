@@ -67,14 +67,17 @@ class RolloutView:
 
     @property
     def basis_points(self) -> int:
+        """The percentage in hundredths of a percent (12.5% is 1250), as bucketing compares it."""
         return int(self.percentage * 100)
 
     @property
     def killed(self) -> bool:
+        """The kill switch is on: every key goes to legacy, allow list and percentage aside."""
         return self.state == RolloutState.KILLED
 
     @classmethod
     def from_row(cls, r: Rollout) -> RolloutView:
+        """From a ``Rollout`` row; lists become frozensets, the percentage two decimals."""
         return cls(
             flag_key=r.flag_key,
             percentage=Decimal(r.percentage).quantize(Decimal("0.01")),
@@ -90,6 +93,7 @@ class RolloutView:
         )
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, in the shape the audit log's before/after entries record."""
         return {
             "flag_key": self.flag_key,
             "percentage": float(self.percentage),
@@ -126,10 +130,12 @@ class RolloutStore:
         self._db = db
 
     def all(self) -> list[RolloutView]:
+        """Every stored rollout, in one read: what the flag provider caches."""
         with self._db.transaction() as s:
             return [RolloutView.from_row(r) for r in s.scalars(select(Rollout)).all()]
 
     def get(self, flag_key: str, *, on_variant: str) -> RolloutView:
+        """The stored rollout, or the unset view (0 %, version 0) when the job never had one."""
         with self._db.transaction() as s:
             row = s.get(Rollout, flag_key)
             return RolloutView.from_row(row) if row else unset(flag_key, on_variant)
@@ -147,6 +153,8 @@ class RolloutStore:
         expected_version: int | None = None,
         action: str = "rollout.set",
     ) -> RolloutView:
+        """Set the percentage (two decimals at most), audited with ``reason``;
+        ``expected_version`` fails with VersionConflict if it changed since read."""
         pct = parse_percentage(percentage)
         return self._change(
             flag_key,
@@ -161,6 +169,8 @@ class RolloutStore:
     def set_state(
         self, flag_key: str, state: RolloutState, *, on_variant: str, actor: str, reason: str
     ) -> RolloutView:
+        """Active or killed, audited with ``reason``; no version check,
+        so the kill switch always wins."""
         return self._change(
             flag_key,
             on_variant,

@@ -15,6 +15,8 @@ from toolkit.store.models import TERMINAL, CreditEntry, DeadLetter, Run, RunStat
 
 
 def parse_run_id(value: object) -> uuid.UUID:
+    """A UUID or its string form; anything else raises UnknownRun, not ValueError, so callers report
+    an unknown run."""
     if isinstance(value, uuid.UUID):
         return value
     try:
@@ -56,16 +58,19 @@ class RunView:
 
     @property
     def terminal(self) -> bool:
+        """True once the run can no longer change: completed, failed or cancelled."""
         return RunStatus(self.status) in TERMINAL
 
     @property
     def queue_seconds(self) -> float | None:
+        """Seconds from dispatch to the first start; None until it started."""
         if self.started_at is None:
             return None
         return (self.started_at - self.created_at).total_seconds()
 
     @property
     def duration_seconds(self) -> float | None:
+        """Seconds from the first start to the finish (retries included); None until it finished."""
         if self.started_at is None or self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
@@ -76,6 +81,7 @@ class RunView:
         return cls(**{f.name: getattr(r, f.name) for f in fields(cls)})
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: datetimes as ISO 8601, UUIDs as strings, plus the two durations."""
         data = {f.name: _iso(getattr(self, f.name)) for f in fields(self)}
         data["queue_seconds"] = self.queue_seconds
         data["duration_seconds"] = self.duration_seconds
@@ -93,6 +99,7 @@ class StepView:
     finished_at: datetime | None
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: datetimes as ISO 8601."""
         return {f.name: _iso(getattr(self, f.name)) for f in fields(self)}
 
 
@@ -105,6 +112,7 @@ class LedgerView:
     created_at: datetime
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: datetimes as ISO 8601."""
         return {f.name: _iso(getattr(self, f.name)) for f in fields(self)}
 
 
@@ -116,6 +124,7 @@ class RunDetail:
     dead_letter: bool
 
     def as_dict(self) -> dict[str, Any]:
+        """The run's fields with its steps, ledger entries and dead-letter flag, JSON-ready."""
         return {
             **self.run.as_dict(),
             "steps": [s.as_dict() for s in self.steps],
@@ -132,6 +141,8 @@ class RunQueries:
         self._get = select(*Run.__table__.c).where(Run.id == bindparam("run_id"))
 
     def get(self, run_id: object) -> RunView:
+        """The run as stored now, one autocommit read (handles refresh through it); UnknownRun if
+        absent."""
         rid = parse_run_id(run_id)
         with self._db.autocommit() as conn:
             run = conn.execute(self._get, {"run_id": rid}).one_or_none()
@@ -140,6 +151,8 @@ class RunQueries:
         return RunView.from_row(run)
 
     def detail(self, run_id: object) -> RunDetail:
+        """The run, its steps and credit entries in order, and whether it was dead-lettered;
+        UnknownRun if absent. The run and the rest are two reads, not one snapshot."""
         view = self.get(run_id)
         with self._db.transaction() as s:
             steps = s.scalars(select(Step).where(Step.run_id == view.id).order_by(Step.id)).all()
@@ -168,6 +181,8 @@ class RunQueries:
         since: datetime | None = None,
         limit: int = 50,
     ) -> list[RunView]:
+        """Newest first, at most ``limit``, filtered by any of job, status (case-insensitive),
+        backend and creation time; an unknown status raises InvalidInput."""
         if limit < 1:
             raise InvalidInput("limit must be at least 1")
         query = select(Run).order_by(Run.created_at.desc(), Run.id).limit(limit)

@@ -46,6 +46,8 @@ class Snapshot:
         return self._pool is not None
 
     def submit(self, work: Callable[[Session], T]) -> Future[T]:
+        """Run ``work`` on the snapshot: in a worker on its own connection (PostgreSQL), else
+        inline, already done."""
         if self._pool is None:
             done: Future[T] = Future()
             done.set_result(work(self.session))
@@ -63,6 +65,8 @@ class Snapshot:
 
 @contextmanager
 def snapshot(db: Database, *, workers: int = 1) -> Iterator[Snapshot]:
+    """One consistent read for the block; on PostgreSQL, up to ``workers`` extra connections
+    share it, and the block waits for their work before it ends."""
     with db.transaction() as s:
         if not db.is_postgres:
             yield Snapshot(s)

@@ -17,9 +17,11 @@ class SQLite(Dialect):
     # --- statements ---------------------------------------------------------------------------
 
     def insert(self, table: Any) -> Any:
+        """SQLite's INSERT, for ``on_conflict_do_nothing``."""
         return sqlite.insert(table)
 
     def among(self, column: Any, ids: Sequence[uuid.UUID]) -> Any:
+        """A plain ``IN`` with one parameter per id."""
         return column.in_(ids)
 
     # --- writes (runs, ledger, accounts) -------------------------------------------------------
@@ -27,6 +29,7 @@ class SQLite(Dialect):
     # --- reads (report, snapshot) --------------------------------------------------------------
 
     def in_subquery(self, column: Any, subquery: Any) -> Any:
+        """A plain ``IN (subquery)``."""
         return column.in_(subquery)
 
     def percentiles(self, fractions: Sequence[float]) -> Callable[[Any], Any] | None:

@@ -31,6 +31,8 @@ class PageAction:
     """Lock a page (``page`` with its parameters ``keys``) and act on it, in ``s``."""
 
     def take(self, s: Session, keys: Mapping[str, Any]) -> Taken:
+        """Lock the page (``keys`` set its parameters) and act on it in ``s``: the rows locked,
+        in page order, and the credits per run acted on."""
         raise NotImplementedError
 
 

@@ -81,9 +81,13 @@ class CeleryBackend(BaseBackend):
 
     @property
     def publish_policy(self) -> dict[str, float]:
+        """Celery's publish retry policy: few, short retries, so an unreachable broker fails
+        dispatch fast and the run falls back."""
         return self.settings.publish_policy
 
     def hard_limit(self, job: JobSpec) -> float:
+        """Celery's hard time limit in seconds: the job's timeout plus the grace, after which the
+        worker process is killed."""
         return job.timeout + self.settings.time_limit_grace
 
     def longest_countdown(self, jobs: list[JobSpec]) -> float:
@@ -97,6 +101,8 @@ class CeleryBackend(BaseBackend):
         return max(waits)
 
     def required_visibility_timeout(self, job: JobSpec) -> float:
+        """The smallest broker visibility timeout (seconds) under which Redis never redelivers a
+        message still held: hard limit plus the longest countdown."""
         return self.hard_limit(job) + self.longest_countdown([job])
 
     def check_job(self, job: JobSpec) -> None:
@@ -154,6 +160,8 @@ class CeleryBackend(BaseBackend):
         return jobs
 
     def limiter(self) -> RedisTokenBucket:
+        """The shared Redis token bucket, made on first use; BrokerConfigError when there is no
+        Redis to keep it in."""
         if self._limiter is None:
             url = self.settings.rate_limit_url or os.environ.get(RATE_LIMIT_URL_ENV)
             if url is None and self.settings.is_redis:
@@ -175,9 +183,11 @@ class CeleryBackend(BaseBackend):
     # --- tasks ---------------------------------------------------------------------------
 
     def queue_for(self, job: JobSpec) -> str:
+        """The job's ``queue`` option, else the backend's default queue."""
         return str(job.options.get("queue") or self.settings.queue)
 
     def queues(self) -> list[str]:
+        """Every queue the jobs publish to, default included: what a worker must consume."""
         return sorted({self.queue_for(j) for j in self.jobs} | {self.settings.queue})
 
     def task_for(self, job: JobSpec) -> Any:
@@ -298,6 +308,8 @@ class CeleryBackend(BaseBackend):
             log.exception("could not record the hard time limit of run %s", run_id)
 
     def close(self, *, wait: bool = True) -> None:
+        """Close the rate-limit client and the producer pool; nothing to wait for: runs execute
+        in the workers."""
         if self._limiter is not None:
             self._limiter.close()
         self.app.close()  # releases the producer connection pool

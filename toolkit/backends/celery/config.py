@@ -55,17 +55,22 @@ class CelerySettings:
 
     @property
     def scheme(self) -> str:
+        """The broker URL's scheme, lower-cased ("" when it has none)."""
         return urlsplit(self.broker_url).scheme.lower()
 
     @property
     def is_redis(self) -> bool:
+        """A Redis broker: visibility timeouts apply, and it can hold the rate-limit buckets."""
         return self.scheme in _REDIS_SCHEMES
 
     @property
     def is_amqp(self) -> bool:
+        """A RabbitMQ (AMQP) broker: no visibility timeout to check."""
         return self.scheme in _AMQP_SCHEMES
 
     def validate(self) -> None:
+        """Raise BrokerConfigError for settings that would lose or duplicate work (e.g.
+        ``stale_after`` under two heartbeats)."""
         if not self.scheme:
             raise BrokerConfigError(f"broker URL {mask_url(self.broker_url)!r} has no scheme")
         for name in ("visibility_timeout", "heartbeat_interval", "stale_after", "retry_delay"):

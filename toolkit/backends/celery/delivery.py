@@ -63,6 +63,7 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def hold(self, claim: Claim) -> None:
+        """Beat this attempt until released; starts the beating thread if none is running."""
         with self._lock:
             self._held[(claim.run_id, claim.attempt)] = claim
             if self._thread is None or not self._thread.is_alive():
@@ -72,6 +73,7 @@ class Heartbeat:
                 self._thread.start()
 
     def release(self, claim: Claim) -> None:
+        """Stop beating this attempt; the thread ends once nothing is held."""
         with self._lock:
             self._held.pop((claim.run_id, claim.attempt), None)
 
@@ -98,9 +100,12 @@ class Transport(Protocol):
 
     def publish(
         self, job: JobSpec, run_id: uuid.UUID, *, countdown: float = 0.0, reserved: bool = False
-    ) -> None: ...
+    ) -> None:
+        """One message for the run after ``countdown`` seconds; ``reserved``: its rate-limit
+        token is already taken."""
 
-    def limiter(self) -> RedisTokenBucket: ...
+    def limiter(self) -> RedisTokenBucket:
+        """The shared rate-limit bucket; raises when it cannot exist (no Redis)."""
 
 
 class Delivery:
@@ -123,6 +128,9 @@ class Delivery:
     # --- one message ---------------------------------------------------------------------
 
     def handle(self, task: Any, job: JobSpec, run_id_text: str, *, reserved: bool) -> str:
+        """Process one message; raises only Reject (re-publishing failed), so nothing is
+        acknowledged unhandled. Returns what happened ("malformed", "deferred", an outcome...),
+        for the task's result."""
         try:
             run_id = uuid.UUID(str(run_id_text))
         except ValueError:

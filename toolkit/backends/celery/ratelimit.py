@@ -75,6 +75,8 @@ class Admission:
 
     @property
     def allowed(self) -> bool:
+        """True only for RUN: RESERVED holds a token but the run waits ``wait`` seconds; LATER
+        asks again."""
         return self.verdict is Verdict.RUN
 
 
@@ -107,6 +109,7 @@ class RedisTokenBucket:
         self._rng = rng
 
     def key(self, limit: RateLimit) -> str:
+        """The Redis key of the limit's bucket: jobs sharing ``limit.key`` share the bucket."""
         return f"{self.prefix}ratelimit:{limit.key}"
 
     def acquire(self, limit: RateLimit, *, horizon: float | None = None) -> Admission:
@@ -136,6 +139,7 @@ class RedisTokenBucket:
             raise RateLimitUnavailable(f"rate limit {limit.key!r}: {exc}") from exc
 
     def close(self) -> None:
+        """Close the Redis connections."""
         self._client.close()
 
 

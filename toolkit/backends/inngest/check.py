@@ -47,6 +47,7 @@ class Difference:
     snapshot: Any = None
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict, for JSON output."""
         return dict(self.__dict__)
 
 
@@ -136,6 +137,8 @@ def notes(backend: InngestBackend) -> list[str]:
 def compare(
     declared_: dict[str, Fields], registered_: dict[str, Fields], snapshot: dict[str, Fields]
 ) -> list[Difference]:
+    """Every field where declared and registered disagree ("code"), then each function new,
+    removed or changed since the snapshot; empty when all agree."""
     diffs: list[Difference] = []
     for fn_id in sorted(set(declared_) | set(registered_)):
         want, got = declared_.get(fn_id, {}), registered_.get(fn_id, {})
@@ -166,6 +169,8 @@ def compare(
 
 
 def read_snapshot(path: Path) -> tuple[str | None, dict[str, Fields]]:
+    """(app id, functions) from a committed snapshot; SnapshotMissing names the command that
+    writes one, SnapshotInvalid a file that is not a current snapshot."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -181,6 +186,7 @@ def read_snapshot(path: Path) -> tuple[str | None, dict[str, Fields]]:
 
 
 def write_snapshot(path: Path, app_id: str, functions: dict[str, Fields]) -> None:
+    """Sorted, indented JSON: a review's diff shows just the fields that changed."""
     body = {"version": SNAPSHOT_VERSION, "app_id": app_id, "functions": functions}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -148,6 +148,7 @@ def _extra_options(job: JobSpec) -> dict[str, Any]:
 
 
 def function_id(client: inngest.Inngest, job: JobSpec) -> str:
+    """The id Inngest knows the job's main function by: the app id, then the job name."""
     return f"{client.app_id}-{job.name}"
 
 
@@ -201,6 +202,8 @@ class JobRunner:
         self.backend = backend
 
     def run(self, ctx: inngest.ContextSync) -> Any:
+        """The main function: start (a step), the job, complete (a step); a run not QUEUED here,
+        or lost meanwhile, is skipped, not failed."""
         run_id = _run_id(ctx.event.data)
         started = ctx.step.run(START_STEP, self._start, str(run_id), ctx.run_id)
         if started is None:
