@@ -21,6 +21,7 @@ from toolkit.events import Events, Listener, RunEvent
 from toolkit.flags.changes import FlagChanges
 from toolkit.flags.provider import RolloutProvider
 from toolkit.jobs import JobFunction, JobRegistry, JobSpec, RateLimit, make_spec
+from toolkit.maintenance.sweep import Parts
 from toolkit.runtime.lifecycle import Runtime
 from toolkit.store.audit import AuditLog
 from toolkit.store.credits import Credits
@@ -86,6 +87,14 @@ class Toolkit:
             reads=self.runs,
             backends=self.backends,
             legacy=self.legacy,
+        )
+        #: What the maintenance sweeps use (recover, cleanup, refund), and nothing else.
+        self.maintenance = Parts(
+            db=self.db,
+            jobs=self.jobs,
+            backends=self.backends,
+            dispatcher=self.dispatcher,
+            sweeps=self.sweeps,
         )
 
     # --- listening -----------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class Harness:
         """Run maintenance recover (as ``toolkit recover --apply``) until the run is terminal."""
         deadline = time.monotonic() + timeout
         while not self.tk.runs.get(run_id).terminal:
-            maintenance.recover(self.tk, apply=True, older_than=self.stale_after)
+            maintenance.recover(self.tk.maintenance, apply=True, older_than=self.stale_after)
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"{self.name}: run {run_id} not taken over\n{self.diagnostics()}"

@@ -205,13 +205,13 @@ def test_refund_sweep_emits_one_refund_per_run(tk: Toolkit) -> None:
     owe(tk, run_ids[:5])
     heard = Heard(tk)
     tk.on(heard)
-    report = maintenance_ops.refund(tk, apply=True, **{})
+    report = maintenance_ops.refund(tk.maintenance, apply=True, **{})
     assert report.changed == 5
     refunds = heard.of(RunRefunded)
     assert sorted(e.run_id for e in refunds) == sorted(run_ids[:5])
     assert {(e.amount, e.account is not None) for e in refunds} == {(5, True)}  # type: ignore[attr-defined]
     assert heard.kinds() == ["RunRefunded"] * 5
-    maintenance_ops.refund(tk, apply=True)  # nothing left to refund: nothing heard
+    maintenance_ops.refund(tk.maintenance, apply=True)  # nothing left to refund: nothing heard
     assert len(heard.events) == 5
 
 
@@ -222,7 +222,7 @@ def test_cleanup_sweep_emits_failed_then_refunded_per_run(tk: Toolkit) -> None:
     age(tk, run_ids[:4], recoveries=3)  # two RUNNING and two QUEUED orphans
     heard = Heard(tk)
     tk.on(heard)
-    report = maintenance_ops.cleanup_orphans(tk, apply=True, older_than="15m")
+    report = maintenance_ops.cleanup_orphans(tk.maintenance, apply=True, older_than="15m")
     assert report.changed == 4
     per_run = Counter((e.run_id, type(e).__name__) for e in heard.events)
     assert per_run == Counter(

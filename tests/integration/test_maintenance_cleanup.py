@@ -38,7 +38,12 @@ def jobs(tk: Toolkit) -> None:
 
 def cleanup(tk: Toolkit, *, apply: bool = False, reason: str | None = None) -> Report:
     return maintenance_ops.cleanup_orphans(
-        tk, Filters(batch_size=2), apply=apply, older_than="15m", max_recoveries=3, reason=reason
+        tk.maintenance,
+        Filters(batch_size=2),
+        apply=apply,
+        older_than="15m",
+        max_recoveries=3,
+        reason=reason,
     )
 
 
@@ -106,7 +111,7 @@ def test_apply_fails_dead_letters_and_refunds_once_and_twice_equals_once(tk: Too
     assert (again.changed, again.batches) == (0, 0)
     assert snapshot(tk) == once
     # Nothing is left owed, so the refund sweep after cleanup has nothing to do either.
-    assert maintenance_ops.refund(tk, apply=True).changed == 0
+    assert maintenance_ops.refund(tk.maintenance, apply=True).changed == 0
 
 
 def test_a_cleaned_up_attempt_that_is_still_alive_is_fenced_out(tk: Toolkit) -> None:
@@ -125,9 +130,14 @@ def test_max_recoveries_zero_fails_every_stuck_run(tk: Toolkit) -> None:
     run_ids = dispatch(tk, 4)
     make_stuck(tk, run_ids, recoveries=0)
     assert cleanup(tk).changed == 0  # recovery has not given up on them
-    report = maintenance_ops.cleanup_orphans(tk, apply=True, older_than="30m", max_recoveries=0)
+    report = maintenance_ops.cleanup_orphans(
+        tk.maintenance, apply=True, older_than="30m", max_recoveries=0
+    )
     assert report.changed == 4
-    assert maintenance_ops.cleanup_orphans(tk, older_than="2h", max_recoveries=0).changed == 0
+    assert (
+        maintenance_ops.cleanup_orphans(tk.maintenance, older_than="2h", max_recoveries=0).changed
+        == 0
+    )
     check_ledger(tk, all_refunded=True)
 
 
@@ -136,11 +146,11 @@ def test_cleanup_input_is_checked_first(tk: Toolkit) -> None:
     make_stuck(tk, run_ids, recoveries=3)
     before = snapshot(tk)
     with pytest.raises(InvalidDuration):
-        maintenance_ops.cleanup_orphans(tk, apply=True, older_than="abc")
+        maintenance_ops.cleanup_orphans(tk.maintenance, apply=True, older_than="abc")
     with pytest.raises(InvalidDuration):
-        maintenance_ops.cleanup_orphans(tk, apply=True, older_than="-5m")
+        maintenance_ops.cleanup_orphans(tk.maintenance, apply=True, older_than="-5m")
     with pytest.raises(InvalidInput, match="max recoveries"):
-        maintenance_ops.cleanup_orphans(tk, apply=True, max_recoveries=-1)
+        maintenance_ops.cleanup_orphans(tk.maintenance, apply=True, max_recoveries=-1)
     assert snapshot(tk) == before
     with tk.db.transaction() as s:
         assert s.scalar(select(func.count()).select_from(DeadLetter)) == 0

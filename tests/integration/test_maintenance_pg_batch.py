@@ -119,10 +119,10 @@ def test_one_statement_batch_equals_the_generic_batch(
     options: dict[str, Any] = {} if action == "refund" else {"older_than": "15m", "reason": "t"}
     sweep = maintenance_ops.refund if action == "refund" else maintenance_ops.cleanup_orphans
 
-    one = sweep(tk, Filters(job=OTHER_JOB, batch_size=2), apply=True, **options)
+    one = sweep(tk.maintenance, Filters(job=OTHER_JOB, batch_size=2), apply=True, **options)
     with monkeypatch.context() as m:
         generic(tk, m)
-        two = sweep(tk, Filters(job=JOB, batch_size=2), apply=True, **options)
+        two = sweep(tk.maintenance, Filters(job=JOB, batch_size=2), apply=True, **options)
 
     assert one.changed == two.changed > 0 and one.batches == two.batches
     assert {k[2:]: (t.runs, t.credits) for k, t in one.totals.items()} == {

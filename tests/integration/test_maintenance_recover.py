@@ -63,7 +63,7 @@ def recover(tk: Toolkit, *, apply: bool = False, max_recoveries: int = 3, **kw: 
     # ``kw`` is forwarded as given: Filters checks the values (mypy cannot, field by field)
     filters = Filters(batch_size=2, **kw)  # type: ignore[arg-type]
     return maintenance_ops.recover(
-        tk, filters, apply=apply, older_than="15m", max_recoveries=max_recoveries
+        tk.maintenance, filters, apply=apply, older_than="15m", max_recoveries=max_recoveries
     )
 
 
@@ -117,7 +117,7 @@ def test_recovery_gives_up_after_max_recoveries_and_cleanup_takes_over(
         assert run_row(tk, run_id).recoveries == attempt
     make_stuck(tk, [run_id], recoveries=2)
     assert recover(tk, apply=True, max_recoveries=2).changed == 0
-    cleaned = maintenance_ops.cleanup_orphans(tk, apply=True, max_recoveries=2)
+    cleaned = maintenance_ops.cleanup_orphans(tk.maintenance, apply=True, max_recoveries=2)
     assert cleaned.changed == 1 and run_row(tk, run_id).status == "FAILED"
     assert refunds(tk) == {run_id: 1}
     check_ledger(tk, all_refunded=True)
@@ -196,14 +196,14 @@ def test_the_old_attempt_of_a_recovered_running_run_is_fenced_out(
 
 def test_recover_routes_through_the_apps_jobs(tk: Toolkit, parked: ParkedBackend) -> None:
     with pytest.raises(AppLoadError, match="--app"):
-        maintenance_ops.recover(make_toolkit(tk.db.url))  # no jobs: nothing to route with
+        maintenance_ops.recover(make_toolkit(tk.db.url).maintenance)  # no jobs: nothing to route
     stuck = dispatch(tk, 2, job=OTHER_JOB)
     make_stuck(tk, stuck)
     other = make_toolkit(tk.db.url)  # an app that no longer declares OTHER_JOB
     try:
         register_jobs(other)
         del other.jobs._jobs[OTHER_JOB]
-        report = maintenance_ops.recover(other, apply=True)
+        report = maintenance_ops.recover(other.maintenance, apply=True)
     finally:
         other.close()
     assert report.changed == 0

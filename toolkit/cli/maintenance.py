@@ -82,7 +82,7 @@ def execute(
     """Check the input (bad input raises before anything changes), run, report."""
     tk = obj.toolkit
     filters = Filters(job, backend, parse_since(since), limit, batch_size)
-    sweep = sweeper(tk, action, filters, reason=reason, **parameters)
+    sweep = sweeper(tk.maintenance, action, filters, reason=reason, **parameters)
     stderr = err_console()
     if as_json or not stderr.is_terminal:
         report = sweep.run(apply=apply)

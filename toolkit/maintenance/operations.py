@@ -295,7 +295,7 @@ def sweeper(
     """A ready sweep, its input checked (bad input raises before anything changes).
 
     ``tk`` is what the sweeps use (:class:`~toolkit.maintenance.sweep.Parts`): the Toolkit
-    provides it."""
+    builds it as ``tk.maintenance``."""
     filters = filters or Filters()
     sweep: Sweep
     if action == "refund":

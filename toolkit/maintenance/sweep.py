@@ -21,9 +21,9 @@ import uuid
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from sqlalchemy import Row, Select, and_, bindparam, exists, func, or_, select, union_all
 from sqlalchemy.orm import Session
@@ -52,28 +52,15 @@ from toolkit.store.sweeps import SweepStore
 MAX_WINDOW = 16  # a page looks at up to MAX_WINDOW * batch_size runs for batch_size wanted ones
 
 
-class Parts(Protocol):
-    """What the sweeps use; the ``Toolkit`` provides it (they never see the rest of it)."""
+@dataclass(frozen=True)
+class Parts:
+    """What the sweeps use, and nothing else: the Toolkit builds one (``tk.maintenance``)."""
 
-    @property
-    def db(self) -> Database:
-        """The database the sweeps read and lock pages in."""
-
-    @property
-    def jobs(self) -> JobRegistry:
-        """The app's jobs: recover routes only the runs of registered jobs."""
-
-    @property
-    def backends(self) -> Mapping[str, BaseBackend]:
-        """The configured backends, to check a ``--backend`` filter."""
-
-    @property
-    def dispatcher(self) -> Dispatcher:
-        """Routes and hands over the runs that recover moves."""
-
-    @property
-    def sweeps(self) -> SweepStore:
-        """The store's page actions for refund and cleanup (recovery writes via the dispatcher)."""
+    db: Database  # read: the pages and their locks (writes go through ``sweeps``)
+    jobs: JobRegistry
+    backends: Mapping[str, BaseBackend]  # the live mapping: a backend enabled later counts
+    dispatcher: Dispatcher  # recovery routes and hands runs over again
+    sweeps: SweepStore
 
 
 class Sweep(ABC):
