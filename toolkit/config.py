@@ -11,6 +11,8 @@ from toolkit.errors import InvalidDuration
 
 #: The backend every job has: the old inline executor, the flag's "off" variant.
 LEGACY = "legacy"
+#: Where the Inngest serve route is mounted unless told otherwise (the SDK's convention).
+SERVE_PATH = "/api/inngest"
 
 DEFAULT_DATABASE_URL = "sqlite:///toolkit.db"
 DATABASE_URL_ENV = "TOOLKIT_DATABASE_URL"

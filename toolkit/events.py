@@ -15,6 +15,7 @@ This module imports nothing from the toolkit: every layer may depend on it.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -130,11 +131,17 @@ Listener = Callable[[Any], object]
 class Events:
     """The listeners of one ``Toolkit``, and the one way events reach them.
 
-    ``listeners`` is a plain list so the hot paths can test it before building an event.
+    ``listeners`` is an immutable tuple, replaced whole under a lock when a listener is added or
+    removed: the hot paths test it without a lock before building an event, and an emit that
+    runs while another thread registers sees one consistent set.
     """
 
     def __init__(self) -> None:
-        self.listeners: list[tuple[type[RunEvent], Listener]] = []
+        self.listeners: tuple[tuple[type[RunEvent], Listener], ...] = ()
+        #: Exceptions a listener lets through instead of having them logged: a transport's
+        #: own time limit (Celery's soft limit) must still stop the job it interrupts.
+        self.passthrough: tuple[type[BaseException], ...] = ()
+        self._lock = threading.Lock()
 
     def on(self, kind: type[RunEvent] | Listener, listener: Listener | None = None) -> Any:
         """Register ``listener`` for events of type ``kind`` (subclasses included).
@@ -143,7 +150,7 @@ class Events:
         returns a decorator. Returns the listener, so it can be kept to :meth:`off` later.
         """
         if not isinstance(kind, type):
-            self.listeners.append((RunEvent, kind))
+            self._add(RunEvent, kind)
             return kind
         if not issubclass(kind, RunEvent):
             raise TypeError(f"{kind!r} is not a RunEvent type")
@@ -151,26 +158,34 @@ class Events:
         if listener is None:
 
             def register(fn: Listener) -> Listener:
-                self.listeners.append((event_type, fn))
+                self._add(event_type, fn)
                 return fn
 
             return register
-        self.listeners.append((event_type, listener))
+        self._add(event_type, listener)
         return listener
 
     def off(self, listener: Listener) -> None:
-        """Unregister ``listener`` from every type it listens to."""
-        self.listeners[:] = [(k, fn) for k, fn in self.listeners if fn is not listener]
+        """Unregister ``listener`` from every type it listens to (compared by equality, so
+        ``off(obj.method)`` removes what ``on(obj.method)`` added)."""
+        with self._lock:
+            self.listeners = tuple((k, fn) for k, fn in self.listeners if fn != listener)
+
+    def _add(self, kind: type[RunEvent], listener: Listener) -> None:
+        with self._lock:
+            self.listeners = (*self.listeners, (kind, listener))
 
     def emit(self, event: RunEvent) -> None:
         """Call every listener of ``event``'s type; one that raises is logged, not raised.
 
         Callers emit after the commit of the transition, never inside its transaction.
         """
-        for kind, listener in tuple(self.listeners):
+        for kind, listener in self.listeners:
             if isinstance(event, kind):
                 try:
                     listener(event)
+                except self.passthrough:
+                    raise
                 except Exception:
                     log.exception(
                         "listener %r failed on %s for run %s",

@@ -256,3 +256,36 @@ def test_with_no_listener_no_event_is_built(
     handle = tk.dispatch("prediction-session", SESSION, key="u1", account="u1")
     assert tk.runtime.execute(handle.run_id, sleep=lambda _: None).outcome == "completed"
     assert not tk.events.listeners
+
+
+def test_off_removes_a_bound_method_listener(tk: Toolkit) -> None:
+    """``on(obj.method)`` then ``off(obj.method)``: each attribute access makes a new bound
+    method object, so removal must compare by equality, not identity."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.heard: list[RunEvent] = []
+
+        def hear(self, event: RunEvent) -> None:
+            self.heard.append(event)
+
+    sink = Sink()
+    tk.on(RunCompleted, sink.hear)
+    tk.events.off(sink.hear)
+    assert tk.events.listeners == ()
+
+
+def test_a_passthrough_exception_is_not_swallowed_by_the_emitter(tk: Toolkit) -> None:
+    """A transport's time limit raised while a listener runs must still stop the job, so the
+    emitter lets the passthrough types through instead of logging them."""
+
+    class SoftLimit(Exception):
+        pass
+
+    def slow(_: RunEvent) -> None:
+        raise SoftLimit
+
+    tk.on(slow)
+    tk.events.passthrough = (SoftLimit,)
+    with pytest.raises(SoftLimit):
+        tk.events.emit(RunCompleted(run_id=uuid.uuid4()))

@@ -11,6 +11,7 @@ from tests.jobs_fixture import SESSION, Calls, ParkedBackend, register_session_j
 from toolkit import JobContext, RunStatus, Toolkit
 from toolkit.config import RetryPolicy
 from toolkit.runtime.lifecycle import Outcome
+from toolkit.store.steps import StepStore
 
 
 @pytest.fixture
@@ -182,3 +183,25 @@ def test_take_over_fences_the_previous_holder(tk: Toolkit, parked: ParkedBackend
     assert tk.runtime.complete(run_id, second.attempt, "fresh result")
     assert tk.runs.get(run_id).result == "fresh result"
     assert tk.runtime.claim(run_id, take_over=True) is None  # terminal: nobody takes it over
+
+
+def test_a_superseded_attempts_step_error_leaves_the_new_holders_step_alone(
+    tk: Toolkit, parked: ParkedBackend
+) -> None:
+    """Attempt 1 loses the run to a take-over while inside step ``s``; its late error must not
+    mark the step FAILED under attempt 2, whose result then records and memoizes normally."""
+    calls = Calls()
+    register_session_job(tk, calls, name="parked-job", cost=0, target="parked")
+    tk.set_rollout("parked-job", 100, reason="test")
+    run_id = tk.dispatch("parked-job", SESSION).run_id
+    steps = StepStore(tk.db, tk.store.transitions)
+    assert tk.store.claim(run_id) is not None  # attempt 1
+    assert steps.memoized(run_id, 1, "s") == (False, None)
+    taken = tk.store.claim(run_id, take_over=True)  # attempt 2: the holder was presumed dead
+    assert taken is not None and taken.attempts == 2
+    assert steps.memoized(run_id, 2, "s") == (False, None)
+    steps.finish(run_id, 1, "s", error="RuntimeError: the lost attempt's late failure")
+    steps.finish(run_id, 2, "s", output={"x": 1})
+    assert steps.memoized(run_id, 2, "s") == (True, {"x": 1})
+    step = tk.runs.detail(run_id).steps[0]
+    assert (step.status, step.error) == ("COMPLETED", None)

@@ -29,11 +29,11 @@ def group(obj: CliContext, host: str, port: int, log_level: str) -> None:
     try:
         import uvicorn
 
-        from toolkit.backends.inngest.web import create_app
+        from toolkit.web import create_app
     except ModuleNotFoundError as exc:
         raise ConfigError(
             f"toolkit serve needs the {exc.name!r} package: pip install 'toolkit[web]'"
         ) from exc
     tk = obj.toolkit
-    app = create_app(tk.dispatch, tk.jobs, inngest=tk.backends.get("inngest"))
+    app = create_app(tk)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -179,8 +179,10 @@ class Dispatcher:
             result = backend.submit(submitted)
         except BackendUnavailable as exc:
             result = self._fallback(job, submitted, handle, exc)
-        if result is None or handle.status != RunStatus.QUEUED.value:
-            return  # handed over (still QUEUED for all we know), or the fallback failed it
+        if not isinstance(result, AttemptResult) or handle.status != RunStatus.QUEUED.value:
+            # Handed over (still QUEUED for all we know; a custom backend may return anything
+            # from its transport), or the fallback failed it.
+            return
         if result.outcome is Outcome.COMPLETED:
             handle.status, handle.error = RunStatus.COMPLETED.value, None
         elif result.outcome is Outcome.FAILED:

@@ -43,7 +43,13 @@ class StepStore:
         )
         self._finish = (
             update(Step)
-            .where(*_STEP, Step.status == StepStatus.RUNNING.value)
+            # By the attempt that started it: a superseded attempt's error must not overwrite
+            # the step its run's new holder is running now.
+            .where(
+                *_STEP,
+                Step.status == StepStatus.RUNNING.value,
+                Step.attempt == bindparam("step_attempt"),
+            )
             .values(
                 status=bindparam("status"),
                 output=bindparam("output", type_=Step.output.type),
@@ -94,7 +100,7 @@ class StepStore:
                 self.fence(conn, run_id, attempt, now)
             status = StepStatus.FAILED if error else StepStatus.COMPLETED
             params = {"step_run": run_id, "step": step, "status": status.value, "output": output,
-                      "error": error, "now": now}  # fmt: skip
+                      "error": error, "now": now, "step_attempt": attempt}  # fmt: skip
             moved = conn.execute(self._finish, params).rowcount
         if moved == 1 and self.events.listeners:
             self.events.emit(

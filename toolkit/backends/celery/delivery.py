@@ -116,6 +116,9 @@ class Delivery:
         self.settings = settings
         self.transport = transport
         self._heartbeats: dict[int, Heartbeat] = {}
+        # A soft time limit that fires while a lifecycle listener runs must still stop the job.
+        events = runtime.db.events
+        events.passthrough = tuple(dict.fromkeys((*events.passthrough, *TIME_LIMIT)))
 
     def heartbeat(self) -> Heartbeat:
         """The current process's heartbeat (a forked pool child starts its own)."""

@@ -26,6 +26,7 @@ from toolkit.backends.inngest.functions import (
     function_id,
 )
 from toolkit.backends.inngest.replay import DEFAULT_MAX_AGE, guard_fastapi, guard_flask
+from toolkit.config import SERVE_PATH
 from toolkit.errors import InngestConfigError, InngestSendError
 from toolkit.jobs import JobRegistry, SubmittedRun
 from toolkit.runtime.lifecycle import Runtime
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 APP_ID_ENV = "TOOLKIT_INNGEST_APP_ID"
 DEFAULT_APP_ID = "toolkit"
-SERVE_PATH = "/api/inngest"
 UNSIGNED_SYNC_ENV = "INNGEST_ENABLE_UNAUTHED_SYNC"
 
 

@@ -26,7 +26,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from toolkit.backends.base import BaseBackend
-from toolkit.backends.inngest.backend import SERVE_PATH, InngestBackend
+from toolkit.config import SERVE_PATH
 from toolkit.errors import ConfigError, InvalidInput, ToolkitError
 from toolkit.jobs import JobRegistry
 from toolkit.store.models import RunStatus
@@ -78,10 +78,14 @@ def create_app(
 def serve_inngest(
     app: FastAPI, backend: BaseBackend | None, *, serve_path: str = SERVE_PATH
 ) -> None:
-    """Add Inngest's serve route for ``backend`` (signatures verified in production mode)."""
-    if not isinstance(backend, InngestBackend):
+    """Add Inngest's serve route for ``backend`` (signatures verified in production mode).
+
+    Only the Inngest backend can serve; it is not imported here, so the cron routes work in an
+    install without the Inngest SDK."""
+    serve = getattr(backend, "serve_fastapi", None)
+    if serve is None:
         raise ConfigError("no Inngest backend: call tk.use_backend('inngest') first")
-    backend.serve_fastapi(app, serve_path=serve_path)
+    serve(app, serve_path=serve_path)
 
 
 def cron_router(
