@@ -47,9 +47,10 @@ def seed_mixed(tk: Toolkit) -> None:
         *(Seed("legacy", "COMPLETED", at[i], float(i), 2.0) for i in range(4, 12)),
     ]
     legacy[5] = Seed("legacy", "COMPLETED", at[5], 5.0, 2.0, attempts=3)
-    legacy[6] = Seed("legacy", "COMPLETED", at[6], 6.0, 2.0, fallback_from="inngest")
     inngest = [
-        *(Seed("inngest", "COMPLETED", at[i], 0.5, 3.0) for i in range(4)),
+        *(Seed("inngest", "COMPLETED", at[i], 0.5, 3.0) for i in range(3)),
+        # Assigned to inngest, refused, run on legacy: it counts on the inngest arm.
+        Seed("legacy", "COMPLETED", at[3], 0.5, 3.0, fallback_from="inngest"),
         Seed("inngest", "COMPLETED", at[4], 0.5, 3.0, heartbeat=False),
         Seed("inngest", "COMPLETED", at[5], 0.5, 3.0, account="a", debit=5, refund=True),
         Seed("inngest", "FAILED", at[6], 0.5, 3.0, account="neg", debit=5, error="boom"),
@@ -79,7 +80,7 @@ def test_arms_counts_rates_latencies_and_credit_errors(tk: Toolkit) -> None:
     assert legacy.credit_errors == 0 and legacy.fallbacks == 0
 
     assert (new.runs, new.completed, new.failed, new.in_flight) == (7, 6, 1, 0)
-    assert new.fallbacks == 1  # routed to inngest, ran on legacy
+    assert new.fallbacks == 1  # routed to inngest, ran on legacy: on the inngest arm
     assert (new.unrefunded, new.refunds_without_failure) == (1, 1)
     assert new.missing_heartbeats == 1 and new.timeouts == 0
     assert new.latencies.queue == pytest.approx((0.5, 0.5, 0.5))
