@@ -100,4 +100,4 @@ def test_a_refused_hand_over_keeps_its_arm_and_counts_as_that_arms_fallback(tk: 
     parked_arm = job.arm("parked")
     assert (parked_arm.runs, parked_arm.completed, parked_arm.fallbacks) == (4, 4, 4)
     assert job.arm("legacy").runs == 0
-    assert JOB == job.job
+    assert job.job == JOB
