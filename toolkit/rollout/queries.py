@@ -6,7 +6,8 @@ onto another backend) counts against the arm that had it (intent to treat).
 
 Counts, fallbacks and recoveries elsewhere are one ``GROUP BY``; the two credit-error counts
 are one statement that starts from the few failed runs and the refunds, not from every run;
-negative balances are one ``GROUP BY`` over the ledger. Percentiles and rank samples: :mod:`toolkit.rollout.latency`.
+negative balances are one ``GROUP BY`` over the ledger. Percentiles and rank samples:
+:mod:`toolkit.rollout.latency`.
 """
 
 from __future__ import annotations
