@@ -280,9 +280,9 @@ def _latencies_python(
     queues: dict[Key, array[float]] = {k: array("d") for k in groups}
     durations: dict[Key, array[float]] = {k: array("d") for k in groups}
     out = Figures.empty(groups, limits)
-    stmt = select(
-        Run.job, Run.arm, Run.id, Run.created_at, Run.started_at, Run.finished_at
-    ).where(scope(window, jobs), Run.started_at.is_not(None))
+    stmt = select(Run.job, Run.arm, Run.id, Run.created_at, Run.started_at, Run.finished_at).where(
+        scope(window, jobs), Run.started_at.is_not(None)
+    )
     for job, backend, rid, created, started, finished in s.execute(
         stmt, execution_options={"yield_per": 5000}
     ):
