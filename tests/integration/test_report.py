@@ -450,9 +450,13 @@ def test_cli_header_converts_an_offset_to_utc_and_states_the_legacy_mode(
     assert code == 0, err
     assert "2026-11-30 07:00 → 2026-11-30 10:00 UTC" in out
     assert "09:00" not in out
-    assert "legacy mode of this process:" in out
+    assert "legacy mode: not known" in out  # no --app: the app's mode is not known here
     code, out, err = cli(capsys, db_url, *window, "--json")
     data = json.loads(out)
     assert data["window"]["since"] == SINCE.isoformat()
-    assert data["legacy_mode"] in ("blocking", "thread")
-    assert f"legacy mode of this process: {data['legacy_mode']}" in cli(capsys, db_url, *window)[1]
+    assert data["legacy_mode"] is None
+    monkeypatch.setenv("TOOLKIT_DATABASE_URL", db_url)
+    code = main(["--app", "tests.cli_app:build", "report", *window])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "legacy mode of the app: blocking (inline, as the old code ran)" in out

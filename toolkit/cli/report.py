@@ -132,10 +132,10 @@ def fitted(
 
 def _legacy_mode(mode: str | None) -> str:
     if mode == "blocking":
-        return "legacy mode of this process: blocking (inline, as the old code ran)"
+        return "legacy mode of the app: blocking (inline, as the old code ran)"
     if mode == "thread":
-        return "legacy mode of this process: thread (a pool: legacy runs queue under load)"
-    return "legacy mode: not known"
+        return "legacy mode of the app: thread (a pool: legacy runs queue under load)"
+    return "legacy mode: not known (load the app with --app to state it)"
 
 
 def render(report: Report) -> None:
@@ -272,7 +272,9 @@ def group(obj: CliContext, job: str | None, since: str, until: str | None, as_js
     start = parse_time(since, "--since")
     end = parse_time(until, "--until")
     tk = obj.toolkit
-    report = build(tk.db, tk.jobs, job=job, since=start, until=end, legacy_mode=tk.legacy.mode)
+    # Only the app's own Toolkit knows its legacy mode; a bare --database-url one does not.
+    mode = tk.legacy.mode if obj.app_spec else None
+    report = build(tk.db, tk.jobs, job=job, since=start, until=end, legacy_mode=mode)
     if as_json:
         emit_json(report.as_dict())
         return
