@@ -61,8 +61,8 @@ RECORD_JOB = "noop-job"
 COST_JOB = "noop-cost"
 
 RUN_COLUMNS = (
-    "id", "job", "idempotency_key", "targeting_key", "backend", "status", "payload", "attempts",
-    "account", "cost", "route_reason", "recoveries", "created_at",
+    "id", "job", "idempotency_key", "targeting_key", "backend", "arm", "status", "payload",
+    "attempts", "account", "cost", "route_reason", "recoveries", "created_at",
 )  # fmt: skip
 INSERT_RUN = (
     f"INSERT INTO toolkit_runs ({', '.join(RUN_COLUMNS)}) "
@@ -86,7 +86,7 @@ def run_row(i: int, *, job: str, cost: int = 0) -> dict[str, Any]:
     run_id = uuid.uuid4()
     return {
         "id": run_id, "job": job, "idempotency_key": None, "targeting_key": str(run_id),
-        "backend": "noop", "status": "QUEUED", "payload": {"i": i}, "attempts": 0,
+        "backend": "noop", "arm": "noop", "status": "QUEUED", "payload": {"i": i}, "attempts": 0,
         "account": ACCOUNT if cost else None, "cost": cost, "route_reason": "SPLIT",
         "recoveries": 0, "created_at": datetime.now(UTC),
     }  # fmt: skip

@@ -60,12 +60,13 @@ SEED = [
     # COMPLETED. Created two hours ago and earlier, 10 ms apart.
     """
     INSERT INTO toolkit_runs (
-        id, job, targeting_key, backend, status, payload, result, error, attempts, account,
+        id, job, targeting_key, backend, arm, status, payload, result, error, attempts, account,
         cost, route_reason, recoveries, created_at, started_at, finished_at, heartbeat_at)
     SELECT
         md5('run-' || g)::uuid,
         CASE WHEN mod(g, 3) = 0 THEN 'daily-batch' ELSE 'prediction-session' END,
         'user-' || mod(abs(hashtext(g::text)), %(accounts)s),
+        CASE WHEN mod(g, 7) < 3 THEN 'inngest' ELSE 'legacy' END,
         CASE WHEN mod(g, 7) < 3 THEN 'inngest' ELSE 'legacy' END,
         CASE WHEN mod(g, 20) IN (0, 1) THEN 'FAILED'
              WHEN mod(g, 20) = 2 AND mod(g, 40) = 2 THEN 'QUEUED'

@@ -16,7 +16,7 @@ a rotated order, over the same window:
   ``toolkit report --json`` computes (counts, Wilson/Newcombe intervals, z-tests, percentiles,
   Mann-Whitney on capped samples, credit errors, negative balances, scorecard).
 * ``raw aggregate SQL``: the statement you would type in psql, through psycopg: one
-  ``GROUP BY job, backend`` with the status counts and ``percentile_cont`` of queue-to-start and
+  ``GROUP BY job, arm`` with the status counts and ``percentile_cont`` of queue-to-start and
   duration, at the server's default settings.
 * ``raw aggregate SQL, work_mem 64MB``: the same statement after the one session setting the
   report changes in its own transactions (``SET LOCAL work_mem``, so percentile sorts stay in
@@ -56,9 +56,12 @@ GOAL_SECONDS = 3.0
 RAW_TUNED = f"raw aggregate SQL, work_mem {WORK_MEM}"
 
 SEED_RUNS = """
-INSERT INTO toolkit_runs (id, job, targeting_key, backend, status, payload, error, attempts,
-    account, cost, fallback_from, recoveries, created_at, started_at, finished_at, heartbeat_at)
-SELECT gen_random_uuid(), v.job, 'user-' || (v.g %% 5000), v.backend, v.status, '{}'::json,
+INSERT INTO toolkit_runs (id, job, targeting_key, backend, arm, status, payload, error,
+    attempts, account, cost, fallback_from, recoveries, created_at, started_at, finished_at,
+    heartbeat_at)
+SELECT gen_random_uuid(), v.job, 'user-' || (v.g %% 5000), v.backend,
+    CASE WHEN v.backend = 'legacy' AND v.r < 0.002 THEN 'inngest' ELSE v.backend END,
+    v.status, '{}'::json,
     CASE WHEN v.status = 'FAILED' THEN
         CASE WHEN v.r < 0.2 THEN 'JobTimeout: run exceeded the 900s timeout' ELSE
         'RuntimeError: model call failed' END END,
@@ -109,7 +112,7 @@ TABLES = ("toolkit_runs", "toolkit_credit_ledger")
 # --- the raw side: what one would type in psql ----------------------------------------------------
 
 RAW_AGGREGATE = """
-SELECT job, backend, count(*) AS runs,
+SELECT job, arm, count(*) AS runs,
     count(*) FILTER (WHERE status = 'COMPLETED') AS completed,
     count(*) FILTER (WHERE status = 'FAILED') AS failed,
     count(*) FILTER (WHERE status = 'CANCELLED') AS cancelled,
@@ -124,26 +127,26 @@ SELECT job, backend, count(*) AS runs,
         ORDER BY extract(epoch FROM finished_at - started_at)) AS duration
 FROM toolkit_runs
 WHERE created_at >= %(since)s AND created_at < %(until)s
-GROUP BY job, backend
-ORDER BY job, backend
+GROUP BY job, arm
+ORDER BY job, arm
 """
 RAW_EXTRAS = (
-    """SELECT job, fallback_from, count(*) FROM toolkit_runs
+    """SELECT job, arm, count(*) FROM toolkit_runs
        WHERE created_at >= %(since)s AND created_at < %(until)s AND fallback_from IS NOT NULL
-       GROUP BY job, fallback_from""",
-    """SELECT r.job, r.backend, count(*) FROM toolkit_runs r
+       GROUP BY job, arm""",
+    """SELECT r.job, r.arm, count(*) FROM toolkit_runs r
        WHERE r.created_at >= %(since)s AND r.created_at < %(until)s
          AND r.status IN ('FAILED', 'CANCELLED')
          AND EXISTS (SELECT 1 FROM toolkit_credit_ledger d
                      WHERE d.run_id = r.id AND d.kind = 'DEBIT')
          AND NOT EXISTS (SELECT 1 FROM toolkit_credit_ledger f
                          WHERE f.run_id = r.id AND f.kind = 'REFUND')
-       GROUP BY r.job, r.backend""",
-    """SELECT r.job, r.backend, count(*) FROM toolkit_credit_ledger f
+       GROUP BY r.job, r.arm""",
+    """SELECT r.job, r.arm, count(*) FROM toolkit_credit_ledger f
        JOIN toolkit_runs r ON r.id = f.run_id
        WHERE f.kind = 'REFUND' AND r.status NOT IN ('FAILED', 'CANCELLED')
          AND r.created_at >= %(since)s AND r.created_at < %(until)s
-       GROUP BY r.job, r.backend""",
+       GROUP BY r.job, r.arm""",
     """SELECT account FROM toolkit_credit_ledger GROUP BY account
        HAVING sum(CASE WHEN kind = 'DEBIT' THEN -amount ELSE amount END) < 0
        UNION SELECT account FROM toolkit_credit_accounts WHERE balance < 0""",

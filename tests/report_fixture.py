@@ -32,6 +32,7 @@ class Seed:
     debit: int = 0  # credits debited at dispatch
     refund: bool = False
     id: uuid.UUID | None = None
+    arm: str | None = None  # the flag's assignment; default: fallback_from, else backend
 
 
 def arm(
@@ -85,6 +86,7 @@ def insert_runs(tk: Toolkit, job: str, seeds: Iterable[Seed]) -> list[uuid.UUID]
                 "idempotency_key": None,
                 "targeting_key": f"user-{len(rows)}",
                 "backend": seed.backend,
+                "arm": seed.arm or seed.fallback_from or seed.backend,
                 "status": seed.status,
                 "payload": {},
                 "error": seed.error,

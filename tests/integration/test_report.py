@@ -47,9 +47,10 @@ def seed_mixed(tk: Toolkit) -> None:
         *(Seed("legacy", "COMPLETED", at[i], float(i), 2.0) for i in range(4, 12)),
     ]
     legacy[5] = Seed("legacy", "COMPLETED", at[5], 5.0, 2.0, attempts=3)
-    legacy[6] = Seed("legacy", "COMPLETED", at[6], 6.0, 2.0, fallback_from="inngest")
     inngest = [
-        *(Seed("inngest", "COMPLETED", at[i], 0.5, 3.0) for i in range(4)),
+        *(Seed("inngest", "COMPLETED", at[i], 0.5, 3.0) for i in range(3)),
+        # Assigned to inngest, refused, run on legacy: it counts on the inngest arm.
+        Seed("legacy", "COMPLETED", at[3], 0.5, 3.0, fallback_from="inngest"),
         Seed("inngest", "COMPLETED", at[4], 0.5, 3.0, heartbeat=False),
         Seed("inngest", "COMPLETED", at[5], 0.5, 3.0, account="a", debit=5, refund=True),
         Seed("inngest", "FAILED", at[6], 0.5, 3.0, account="neg", debit=5, error="boom"),
@@ -79,7 +80,7 @@ def test_arms_counts_rates_latencies_and_credit_errors(tk: Toolkit) -> None:
     assert legacy.credit_errors == 0 and legacy.fallbacks == 0
 
     assert (new.runs, new.completed, new.failed, new.in_flight) == (7, 6, 1, 0)
-    assert new.fallbacks == 1  # routed to inngest, ran on legacy
+    assert new.fallbacks == 1  # routed to inngest, ran on legacy: on the inngest arm
     assert (new.unrefunded, new.refunds_without_failure) == (1, 1)
     assert new.missing_heartbeats == 1 and new.timeouts == 0
     assert new.latencies.queue == pytest.approx((0.5, 0.5, 0.5))
@@ -342,7 +343,7 @@ def test_cli_json_and_tables(
     assert data["negative_balances"] == ["neg"]
     code, out, err = cli(capsys, db_url, *window)
     assert code == 0, err
-    for text in ("Runs per job and backend", "Latency", "New - legacy", "Scorecard", "FAIL"):
+    for text in ("Runs per arm", "Latency", "New - legacy", "Scorecard", "FAIL"):
         assert text in out
     assert "negative balances: 1 (neg)" in out
 
@@ -409,3 +410,53 @@ def test_worker_connections_read_the_lead_snapshot(pg_url: str) -> None:
             assert runs(s) == 5
     finally:
         tk.close()
+
+
+def test_cli_at_80_columns_keeps_numbers_and_names_whole(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipe or a log is 80 columns: columns that do not fit are left out and named, the
+    rest keep every number, header and backend name on one line."""
+    monkeypatch.setenv("COLUMNS", "80")
+    tk = Toolkit(db_url, legacy_mode="blocking")
+    try:
+        seed_mixed(tk)
+        insert_runs(tk, "a-rather-long-nightly-batch-name", arm("legacy", 3))
+    finally:
+        tk.close()
+    code, out, err = cli(capsys, db_url, "--since", SINCE.isoformat(), "--until", UNTIL.isoformat())
+    assert code == 0, err
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line for line in lines if line.startswith("│ prediction-session")]
+    assert rows and all(("│ legacy " in r or "│ inngest " in r) for r in rows)
+    for text in ("success (95% CI)", "80.0% (49.0-94.3)", "a-rather-long-nightly-batch-name"):
+        assert text in out
+    assert "left out at 80 columns:" in out
+
+
+def test_cli_header_converts_an_offset_to_utc_and_states_the_legacy_mode(
+    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "160")
+    tk = Toolkit(db_url, legacy_mode="blocking")
+    try:
+        seed_mixed(tk)
+    finally:
+        tk.close()
+    # 09:00 at +02:00 is 07:00 UTC, which is SINCE.
+    window = ["--since", "2026-11-30T09:00:00+02:00", "--until", UNTIL.isoformat()]
+    code, out, err = cli(capsys, db_url, *window)
+    assert code == 0, err
+    assert "2026-11-30 07:00 → 2026-11-30 10:00 UTC" in out
+    assert "09:00" not in out
+    assert "legacy mode: not known" in out  # no --app: the app's mode is not known here
+    code, out, err = cli(capsys, db_url, *window, "--json")
+    data = json.loads(out)
+    assert data["window"]["since"] == SINCE.isoformat()
+    assert data["legacy_mode"] is None
+    monkeypatch.setenv("TOOLKIT_DATABASE_URL", db_url)
+    code = main(["--app", "tests.cli_app:build", "report", *window])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "legacy mode of the app: blocking (inline, as the old code ran)" in out

@@ -311,6 +311,7 @@ class Dispatcher:
             "idempotency_key": request.idempotency_key,
             "targeting_key": request.key or str(run_id),
             "backend": route.backend,
+            "arm": route.backend,  # the flag's assignment: fallback/recovery never change it
             "status": RunStatus.QUEUED.value,
             "payload": request.payload,
             "attempts": 0,

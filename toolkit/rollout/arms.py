@@ -1,4 +1,8 @@
-"""Per-arm figures (one backend of one job over a window), read from one consistent snapshot.
+"""Per-arm figures (one arm of one job over a window), read from one consistent snapshot.
+
+An arm is the backend the flag assigned at dispatch (``Run.arm``), not the one a run ended on:
+runs a backend refused or lost count against it (intent to treat), and ``fallbacks`` and
+``recovered`` say how many of its runs finished elsewhere.
 
 Shared by the report (:mod:`.report`) and the rollout controller (:mod:`.controller`).
 """
@@ -25,7 +29,7 @@ from toolkit.store.snapshot import snapshot
 
 @dataclass
 class ArmStats:
-    """One backend of one job over the window."""
+    """One arm (the backend the flag assigned) of one job over the window."""
 
     job: str
     backend: str
@@ -39,7 +43,8 @@ class ArmStats:
     timeouts: int = 0
     started: int = 0
     missing_heartbeats: int = 0
-    fallbacks: int = 0
+    fallbacks: int = 0  # refused at hand-over, run on legacy instead
+    recovered: int = 0  # moved by recovery onto another backend
     unrefunded: int = 0
     refunds_without_failure: int = 0
     latencies: Latencies = field(default_factory=Latencies)
@@ -82,6 +87,7 @@ class ArmStats:
         ci = self.success
         return {
             "backend": self.backend,
+            "arm": self.backend,
             "runs": self.runs,
             "completed": self.completed,
             "failed": self.failed,
@@ -94,6 +100,7 @@ class ArmStats:
             "retries": self.retries,
             "timeouts": self.timeouts,
             "fallbacks": self.fallbacks,
+            "recovered_elsewhere": self.recovered,
             "credit_errors": {
                 "unrefunded": self.unrefunded,
                 "refunds_without_failure": self.refunds_without_failure,
@@ -135,7 +142,7 @@ def collect(
     with snapshot(db, workers=2) as snap:
         s = snap.session
         credit = snap.submit(lambda s2: _credit(s2, db, window, jobs, balances))
-        counted, left = q.counts(s, window, jobs)
+        counted = q.counts(s, window, jobs)
         arms = {k: _arm(k, c) for k, c in counted.items()}
         started = {k: a.started for k, a in arms.items() if a.started}
         default = RolloutPlan().target_seconds
@@ -156,8 +163,6 @@ def collect(
         for key, latencies in figures.latencies.items():
             arms[key].latencies = latencies
         out = Collected(arms, {k: figures.samples.get(k, Samples()) for k in compared})
-        for key, n in left.items():
-            arms.setdefault(key, ArmStats(*key)).fallbacks = n
         credit_errors, out.negative_balances = credit.result()
         for key, (unrefunded, unexplained) in credit_errors.items():
             arm = arms.setdefault(key, ArmStats(*key))
@@ -192,4 +197,6 @@ def _arm(key: Key, c: dict[str, int]) -> ArmStats:
         timeouts=c["timeouts"],
         started=c["started"],
         missing_heartbeats=c["missing_heartbeats"],
+        fallbacks=c["fallbacks"],
+        recovered=c["recovered"],
     )

@@ -1,10 +1,13 @@
 """The report's percentiles and rank-test samples: one scan of the started runs per metric.
 
+Runs are grouped by ``Run.arm``, the backend the flag assigned (intent to treat): the queue
+time of a run recovered or fallen back onto legacy counts against the arm that lost it.
+
 One definition of the p-th percentile (linear interpolation between the nearest order
 statistics, ``percentile_cont``), computed where the store says it is fastest
 (``Database.sql.percentiles``). PostgreSQL: ``percentile_cont`` in SQL, one
 statement per metric so two connections sort side by side. Each row gets a small arm number
-(``CASE`` over job and backend, computed once per row below an ``OFFSET 0`` fence) and every
+(``CASE`` over job and arm, computed once per row below an ``OFFSET 0`` fence) and every
 arm's aggregates are ``FILTER`` clauses on that number, so the rows are never sorted by group
 first (above ``FILTER_GROUPS_MAX`` arms one ``GROUP BY`` does). SQLite has no percentile
 aggregate: there the timestamps of started runs are streamed into compact arrays (16 bytes a
@@ -35,7 +38,7 @@ from toolkit.store.models import Run
 
 FRACTIONS = (0.5, 0.95, 0.99)
 METRICS = ("queue", "duration")
-# Above this many (job, backend) groups one GROUP BY beats one FILTER aggregate per group.
+# Above this many (job, arm) groups one GROUP BY beats one FILTER aggregate per group.
 FILTER_GROUPS_MAX = 16
 
 
@@ -204,7 +207,7 @@ def _latencies_sql(
     where = and_(scope(window, jobs), Run.started_at.is_not(None))
     out = Figures.empty(groups, limits)
     if len(groups) <= FILTER_GROUPS_MAX:
-        arm = case(*((and_(Run.job == j, Run.backend == b), i) for i, (j, b) in enumerate(groups)))
+        arm = case(*((and_(Run.job == j, Run.arm == b), i) for i, (j, b) in enumerate(groups)))
         # OFFSET 0 keeps the subquery: its CASE is computed once per row, not once per FILTER.
         rows = (
             select(arm.label("arm"), Run.id, *(expressions[m].label(m) for m in metrics))
@@ -230,7 +233,7 @@ def _latencies_sql(
         for (key, slot), value in zip(slots, row, strict=True):
             out.put(key, slot, value)
         return out
-    mine = {k: and_(Run.job == k[0], Run.backend == k[1]) for k in limits}
+    mine = {k: and_(Run.job == k[0], Run.arm == k[1]) for k in limits}
     sampled = case(*((mine[k], _below(Run.id, v)) for k, v in limits.items()), else_=false())
     aggregates = _aggregates(
         db,
@@ -242,9 +245,9 @@ def _latencies_sql(
         sampled if limits else None,
     )
     stmt = (
-        select(Run.job, Run.backend, *(column for _, column in aggregates))
+        select(Run.job, Run.arm, *(column for _, column in aggregates))
         .where(where)
-        .group_by(Run.job, Run.backend)
+        .group_by(Run.job, Run.arm)
     )
     for job, backend, *values in s.execute(stmt):
         if (job, backend) in out.latencies:
@@ -277,9 +280,9 @@ def _latencies_python(
     queues: dict[Key, array[float]] = {k: array("d") for k in groups}
     durations: dict[Key, array[float]] = {k: array("d") for k in groups}
     out = Figures.empty(groups, limits)
-    stmt = select(
-        Run.job, Run.backend, Run.id, Run.created_at, Run.started_at, Run.finished_at
-    ).where(scope(window, jobs), Run.started_at.is_not(None))
+    stmt = select(Run.job, Run.arm, Run.id, Run.created_at, Run.started_at, Run.finished_at).where(
+        scope(window, jobs), Run.started_at.is_not(None)
+    )
     for job, backend, rid, created, started, finished in s.execute(
         stmt, execution_options={"yield_per": 5000}
     ):

@@ -1,8 +1,13 @@
 """The report's queries: aggregation happens in the database wherever it can.
 
-Counts and fallbacks are one ``GROUP BY``; the two credit-error counts are one statement that
-starts from the few failed runs and the refunds, not from every run; negative balances are one
-``GROUP BY`` over the ledger. Percentiles and rank samples: :mod:`toolkit.rollout.latency`.
+Every figure is grouped by ``Run.arm``, the backend the flag assigned at dispatch, never by
+``Run.backend``, where the run ended up: a run a backend refused (fallback) or lost (recovered
+onto another backend) counts against the arm that had it (intent to treat).
+
+Counts, fallbacks and recoveries elsewhere are one ``GROUP BY``; the two credit-error counts
+are one statement that starts from the few failed runs and the refunds, not from every run;
+negative balances are one ``GROUP BY`` over the ledger. Percentiles and rank samples:
+:mod:`toolkit.rollout.latency`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from sqlalchemy.orm import Session, aliased
 from toolkit.store.engine import Database
 from toolkit.store.models import CreditAccount, CreditEntry, LedgerKind, Run, RunStatus
 
-Key = tuple[str, str]  # (job, backend)
+Key = tuple[str, str]  # (job, arm): the arm is the backend the flag assigned
 _DONE_BADLY = (RunStatus.FAILED.value, RunStatus.CANCELLED.value)
 
 
@@ -55,15 +60,13 @@ def _is_timeout() -> ColumnElement[bool]:
     )
 
 
-def counts(
-    s: Session, window: Window, jobs: Sequence[str] | None
-) -> tuple[dict[Key, dict[str, int]], dict[Key, int]]:
-    """One GROUP BY (parallel on PostgreSQL): status counts, retries, timeouts, starts, missing
-    heartbeats; and fallbacks, by also grouping on ``fallback_from`` (a handful of values).
-
-    Returns (counts per arm, fallbacks keyed by the backend the runs left).
+def counts(s: Session, window: Window, jobs: Sequence[str] | None) -> dict[Key, dict[str, int]]:
+    """One GROUP BY on (job, arm) (parallel on PostgreSQL): status counts, retries, timeouts,
+    starts, missing heartbeats, and the runs the arm did not keep: ``fallbacks`` (refused at
+    hand-over, ``fallback_from`` set) and ``recovered`` (moved by recovery onto another backend).
     """
     started = Run.started_at.is_not(None)
+    fell_back = Run.fallback_from.is_not(None)
     columns = {
         "runs": func.count(),
         **{
@@ -74,28 +77,25 @@ def counts(
         "timeouts": func.count().filter(_is_timeout()),
         "started": func.count().filter(started),
         "missing_heartbeats": func.count().filter(and_(started, Run.heartbeat_at.is_(None))),
+        "fallbacks": func.count().filter(fell_back),
+        "recovered": func.count().filter(and_(~fell_back, Run.backend != Run.arm)),
     }
     stmt = (
-        select(Run.job, Run.backend, Run.fallback_from, *(c.label(n) for n, c in columns.items()))
+        select(Run.job, Run.arm, *(c.label(n) for n, c in columns.items()))
         .where(scope(window, jobs))
-        .group_by(Run.job, Run.backend, Run.fallback_from)
+        .group_by(Run.job, Run.arm)
     )
-    arms: dict[Key, dict[str, int]] = {}
-    left: dict[Key, int] = {}
-    for row in s.execute(stmt):
-        arm = arms.setdefault((row.job, row.backend), dict.fromkeys(columns, 0))
-        for name in columns:
-            arm[name] += int(row._mapping[name])
-        if row.fallback_from is not None:
-            key = (row.job, str(row.fallback_from))
-            left[key] = left.get(key, 0) + int(row.runs)
-    return arms, left
+    return {
+        (row.job, row.arm): {name: int(row._mapping[name]) for name in columns}
+        for row in s.execute(stmt)
+    }
 
 
 def credit_errors(
     s: Session, db: Database, window: Window, jobs: Sequence[str] | None
 ) -> dict[Key, tuple[int, int]]:
-    """(failed or cancelled debited runs without a refund, refunds of runs that did not fail).
+    """(failed or cancelled debited runs without a refund, refunds of runs that did not fail)
+    per (job, arm).
 
     One statement: the runs it reads are the failed/cancelled ones (status index) and the
     refunded ones (primary key, ``= ANY(ARRAY(...))`` on PostgreSQL), a few percent of the
@@ -114,7 +114,7 @@ def credit_errors(
     stmt = (
         select(
             Run.job,
-            Run.backend,
+            Run.arm,
             func.count().filter(
                 and_(
                     bad,
@@ -127,11 +127,11 @@ def credit_errors(
         .select_from(Run)
         .outerjoin(refunds, refunds.c.run_id == Run.id)
         .where(scope(window, jobs), or_(bad, in_refunds))
-        .group_by(Run.job, Run.backend)
+        .group_by(Run.job, Run.arm)
     )
     return {
-        (job, backend): (int(unrefunded), int(unexplained))
-        for job, backend, unrefunded, unexplained in s.execute(stmt)
+        (job, arm): (int(unrefunded), int(unexplained))
+        for job, arm, unrefunded, unexplained in s.execute(stmt)
         if unrefunded or unexplained
     }
 

@@ -6,15 +6,17 @@ difference (Newcombe interval, z-test p-value) and Mann-Whitney tests of queue-t
 duration. Then the migration's scorecard, PASS / FAIL / INCONCLUSIVE with the number behind it.
 
 The success rate is completed / finished (completed + failed + cancelled); runs still queued or
-running are "in flight" and count nowhere else. A run that fell back to legacy ran there and
-counts on the legacy arm; the backend it left counts it under "fallbacks".
+running are "in flight" and count nowhere else. Runs are compared by the arm the flag assigned
+(``Run.arm``, intent to treat): a run that fell back to legacy, or that recovery moved onto
+another backend, counts on the arm that lost it, under "fallbacks" or "recovered" there, with
+its outcome and its queue time; never silently as legacy.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -114,11 +116,15 @@ class Report:
     window: Window
     jobs: list[JobReport]
     negative_balances: list[str]
+    #: The legacy executor mode of the process that built the report ("blocking" runs inline
+    #: like the old code; "thread" queues legacy runs for a pool), None when not known.
+    legacy_mode: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: the window, each job's report and the accounts with a negative balance."""
         return {
             "window": self.window.as_dict(),
+            "legacy_mode": self.legacy_mode,
             "jobs": [j.as_dict() for j in self.jobs],
             "negative_balances": self.negative_balances,
         }
@@ -138,14 +144,21 @@ def _plan(jobs: JobRegistry, job: str) -> RolloutPlan:
 def resolve_window(
     since: datetime | None, until: datetime | None, now: datetime | None = None
 ) -> Window:
-    """``since``/``until``, by default the 24 hours up to now; InvalidInput if it is empty."""
-    end = until or now or utcnow()
-    start = since or end - DEFAULT_WINDOW
+    """``since``/``until``, by default the 24 hours up to now, in UTC (a time given with another
+    offset is converted, so every printed bound is the UTC it is labelled); InvalidInput if it
+    is empty."""
+    end = _utc(until or now or utcnow())
+    start = _utc(since or end - DEFAULT_WINDOW)
     if start >= end:
         raise InvalidInput(
             f"empty window: --since {start.isoformat()} is not before --until {end.isoformat()}"
         )
     return Window(start, end)
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC; a naive value is taken as UTC, as the store takes it."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def check_job(db: Database, jobs: JobRegistry, job: str) -> None:
@@ -167,10 +180,13 @@ def build(
     since: datetime | None = None,
     until: datetime | None = None,
     sample_cap: int = SAMPLE_CAP,
+    legacy_mode: str | None = None,
 ) -> Report:
     """The report over ``since``..``until`` (default: the last 24 hours), every job or one.
 
-    ``db`` is only read, in one snapshot; ``jobs`` gives each job's plan and new backend.
+    ``db`` is only read, in one snapshot; ``jobs`` gives each job's plan and new backend;
+    ``legacy_mode`` is stated in the report (it decides whether legacy queue times are like
+    the old inline code's).
     """
     window = resolve_window(since, until)
     if job is not None:
@@ -193,7 +209,7 @@ def build(
         report = JobReport(name, new, plan, mine, _compare(mine, got.samples), [])
         report.scorecard = scorecard(plan, report.arm(new), report.arm(LEGACY), new)
         reports.append(report)
-    return Report(window, reports, got.negative_balances)
+    return Report(window, reports, got.negative_balances, legacy_mode)
 
 
 def _arm_order(arm: ArmStats) -> tuple[bool, str]:

@@ -106,6 +106,12 @@ def _in(values: type[enum.StrEnum]) -> str:
     return ", ".join(f"'{v.value}'" for v in values)
 
 
+def _assigned_backend(context: Any) -> str:
+    """A row inserted without ``arm`` (seeds, host tooling) was assigned the backend it names;
+    dispatch always sets ``arm`` itself, so this never runs on its path."""
+    return str(context.get_current_parameters()["backend"])
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
@@ -126,6 +132,9 @@ class Run(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     targeting_key: Mapped[str] = mapped_column(String(200))
     backend: Mapped[str] = mapped_column(String(50))
+    # The backend the flag assigned at dispatch, never changed (0003): fallback and recovery
+    # move ``backend``, the report and the gates compare by ``arm`` (intent to treat).
+    arm: Mapped[str] = mapped_column(String(50), default=_assigned_backend)
     status: Mapped[str] = mapped_column(String(16))
     payload: Mapped[Any] = mapped_column(JSON)
     result: Mapped[Any | None] = mapped_column(JSON)
@@ -184,7 +193,8 @@ class Rollout(Base):
 
 
 class AuditEntry(Base):
-    """Append-only: the migration installs triggers that reject UPDATE and DELETE."""
+    """Append-only: the migrations install triggers that reject UPDATE, DELETE and (on
+    PostgreSQL) TRUNCATE; docs/operations.md gives the role set-up that keeps it so."""
 
     __tablename__ = "toolkit_audit"
     __table_args__ = (Index("ix_toolkit_audit_at", "at"),)
