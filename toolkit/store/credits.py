@@ -63,6 +63,8 @@ class LedgerTotals:
 
 
 _DEBIT = aliased(CreditEntry, name="debit")
+#: The balance column's own limit (BIGINT, SQLite INTEGER).
+_INT64 = 2**63 - 1
 
 #: A grant's credit, conditional: the balance it leaves stays within MAX_AMOUNT, checked by the
 #: UPDATE itself, so two concurrent grants cannot both pass a check made before either wrote.
@@ -225,13 +227,13 @@ class Credits:
         """Conditionally decrement: two concurrent debits can never both spend the same credits.
 
         The caller writes the matching DEBIT ledger rows in the same transaction. A total
-        above MAX_AMOUNT (many runs of a costly job) exceeds any balance: refused unsent, so
+        beyond 64 bits (many runs of a costly job) exceeds any balance: refused unsent, so
         it never reaches the database as an out-of-range parameter.
         """
         _check_account(account)
         if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
             raise InvalidInput(f"credit amount must be a positive integer, not {amount!r}")
-        if amount > MAX_AMOUNT:
+        if amount > _INT64:
             raise InsufficientCredits(account, amount, self._balance(s, account))
         spent = s.execute(
             self._spend, {"b_account": account, "b_amount": amount, "b_now": utcnow()}
