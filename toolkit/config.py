@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 
-from toolkit.errors import InvalidDuration
+from toolkit.errors import InvalidDuration, InvalidInput
 
 #: The backend every job has: the old inline executor, the flag's "off" variant.
 LEGACY = "legacy"
@@ -18,13 +18,27 @@ DEFAULT_DATABASE_URL = "sqlite:///toolkit.db"
 DATABASE_URL_ENV = "TOOLKIT_DATABASE_URL"
 APP_ENV = "TOOLKIT_APP"
 
+#: The largest credit amount (a grant, a job's cost) and the largest balance: 2**53 - 1, exact
+#: in a float and in JSON, and far enough below BIGINT / SQLite INTEGER (2**63 - 1) that a
+#: balance plus any one amount, or a debit batch's total, can never overflow the column.
+MAX_AMOUNT = 2**53 - 1
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 def database_url(explicit: str | None = None) -> str:
-    """Explicit argument, else TOOLKIT_DATABASE_URL, else a SQLite file in the working directory."""
-    return explicit or os.environ.get(DATABASE_URL_ENV) or DEFAULT_DATABASE_URL
+    """Explicit argument, else TOOLKIT_DATABASE_URL, else a SQLite file in the working directory.
+
+    A variable set but empty is a mistake (a template that did not fill it in), not a request
+    for the default: falling back would create ./toolkit.db and work on it.
+    """
+    if explicit:
+        return explicit
+    env = os.environ.get(DATABASE_URL_ENV)
+    if env is not None and not env.strip():
+        raise InvalidInput(f"{DATABASE_URL_ENV} is set but empty: give a database URL or unset it")
+    return env or DEFAULT_DATABASE_URL
 
 
 def parse_duration(value: str | int | float | timedelta, *, what: str = "duration") -> float:

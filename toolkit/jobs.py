@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from toolkit.config import parse_duration
+from toolkit.config import MAX_AMOUNT, parse_duration
 from toolkit.errors import ConfigError, DuplicateJob, UnknownJob
 
 JobFunction = Callable[["JobContext", Any], Any]
@@ -74,8 +74,8 @@ def make_spec(
         )
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 100:
         raise ConfigError(f"job {name!r}: retries must be an integer from 0 to 100")
-    if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
-        raise ConfigError(f"job {name!r}: cost must be a non-negative integer")
+    if isinstance(cost, bool) or not isinstance(cost, int) or not 0 <= cost <= MAX_AMOUNT:
+        raise ConfigError(f"job {name!r}: cost must be an integer from 0 to {MAX_AMOUNT}")
     if fallback not in ("legacy", "fail"):
         raise ConfigError(f"job {name!r}: fallback must be 'legacy' or 'fail', not {fallback!r}")
     if not target or not _NAME.match(target):

@@ -146,7 +146,7 @@ def test_bad_percentages_exit_2_and_change_nothing(
             ],
             "not 7",
         ),
-        (["credits", "grant", "u1", "-5"], "positive integer"),
+        (["credits", "grant", "u1", "-5"], "credit amount must be an integer from 1"),
         (["no-such-command"], "No such command"),
     ],
 )
@@ -212,6 +212,10 @@ def test_console_script_and_env_app(cli_env: str) -> None:
 
 def test_db_upgrade_on_empty_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path / 'new.db'}"
+    assert main(["--database-url", url, "runs", "list"]) == 2  # no file: refused, not created
+    assert "run `toolkit db upgrade`" in capsys.readouterr().err
+    assert not (tmp_path / "new.db").exists()
+    (tmp_path / "new.db").touch()  # a file without the toolkit's tables
     assert main(["--database-url", url, "runs", "list"]) == 1
     assert "run 'toolkit db upgrade'" in capsys.readouterr().err
     assert main(["--database-url", url, "db", "upgrade"]) == 0

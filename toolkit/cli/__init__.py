@@ -20,6 +20,14 @@ from toolkit.errors import EXIT_FAILURE, EXIT_USAGE, ToolkitError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    None,
+    "--version",
+    "-V",
+    package_name="toolkit",
+    prog_name="toolkit",
+    message="%(prog)s %(version)s",
+)
 @click.option(
     "--app",
     "app_spec",
@@ -31,7 +39,8 @@ from toolkit.errors import EXIT_FAILURE, EXIT_USAGE, ToolkitError
     "--database-url",
     envvar=DATABASE_URL_ENV,
     metavar="URL",
-    help=f"Used when no app is given; default ${DATABASE_URL_ENV} or ./toolkit.db.",
+    help=f"Default ${DATABASE_URL_ENV} or ./toolkit.db; with an app, must name the app's "
+    "database (else refused).",
 )
 @click.pass_context
 def cli(ctx: click.Context, app_spec: str | None, database_url: str | None) -> None:
@@ -100,7 +109,9 @@ cli.commands = LazyCommands(COMMAND_MODULES)
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one place that turns exceptions into a line and an exit code."""
     try:
-        cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
+        # Not standalone, click *returns* the code of a ``click.exceptions.Exit`` (``toolkit
+        # worker`` when Celery dies): dropping it would exit 0 and defeat Restart=on-failure.
+        result = cli.main(args=argv, prog_name="toolkit", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.UsageError as exc:
@@ -127,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             f"internal error: {type(exc).__name__}: {first} (TOOLKIT_DEBUG=1 for a traceback)"
         )
         return EXIT_FAILURE
-    return 0
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def run() -> None:

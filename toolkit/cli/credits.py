@@ -16,17 +16,20 @@ def group() -> None:
 @group.command("grant", context_settings={"ignore_unknown_options": True})
 @click.argument("account")
 @click.argument("amount", type=int)
-@click.option("--reason", default=None)
+@click.option("--reason", default=None, help="Why, kept in the ledger and the audit log.")
+@click.option("--actor", default=None, help="Who (default $TOOLKIT_ACTOR or the OS user).")
 @pass_ctx
-def grant(obj: CliContext, account: str, amount: int, reason: str | None) -> None:
-    """Add AMOUNT credits to ACCOUNT."""
-    balance = obj.toolkit.credits.grant(account, amount, reason=reason)
+def grant(
+    obj: CliContext, account: str, amount: int, reason: str | None, actor: str | None
+) -> None:
+    """Add AMOUNT credits (1 to 2**53-1) to ACCOUNT; audited as credits.grant."""
+    balance = obj.toolkit.credits.grant(account, amount, reason=reason, actor=actor)
     console().print(f"[green]granted {amount}[/] to {account}; balance {balance}")
 
 
 @group.command("balance")
 @click.argument("account")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @pass_ctx
 def balance(obj: CliContext, account: str, as_json: bool) -> None:
     """ACCOUNT's balance, and the ledger sums it must agree with."""

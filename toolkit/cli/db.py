@@ -4,6 +4,7 @@ import click
 
 from toolkit.cli.context import CliContext, pass_ctx
 from toolkit.cli.render import console, emit_json
+from toolkit.errors import InvalidInput
 
 
 @click.group("db")
@@ -12,17 +13,35 @@ def group() -> None:
 
 
 @group.command("upgrade")
-@click.option("--revision", default="head", show_default=True)
+@click.option(
+    "--revision", default="head", show_default=True, help="Target revision id, or 'head'."
+)
 @pass_ctx
 def upgrade(obj: CliContext, revision: str) -> None:
-    """Apply the toolkit's migrations (tables prefixed toolkit_)."""
-    tk = obj.toolkit
+    """Apply the toolkit's migrations (tables prefixed toolkit_); creates a SQLite file."""
+    tk = obj.open(create=True)
+    _check_revision(tk.db.alembic_config(), revision)
     tk.db.migrate(revision)
     console().print(f"[green]database at {revision}[/] ({tk.db.sql.name})")
 
 
+def _check_revision(config: object, revision: str) -> None:
+    """Refuse (exit 2) a revision the packaged migrations do not have, before connecting."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    if not revision.strip():
+        raise InvalidInput("--revision is empty: give a revision id or 'head'")
+    try:
+        found = ScriptDirectory.from_config(config).get_revisions(revision)  # type: ignore[arg-type]
+    except CommandError as exc:
+        raise InvalidInput(f"unknown --revision {revision!r}: {exc}") from None
+    if not found:
+        raise InvalidInput(f"unknown --revision {revision!r}")
+
+
 @group.command("current")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @pass_ctx
 def current(obj: CliContext, as_json: bool) -> None:
     """Show the applied migration revision."""

@@ -15,12 +15,22 @@ def group() -> None:
 
 
 @group.command("list")
-@click.option("--job")
-@click.option("--status", "status_")
-@click.option("--backend")
-@click.option("--since", help="24h, 15m, 7d, or an ISO timestamp.")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--job", help="Only runs of this job.")
+@click.option(
+    "--status",
+    "status_",
+    help="Only runs in this status: QUEUED, RUNNING, COMPLETED, FAILED or CANCELLED.",
+)
+@click.option("--backend", help="Only runs routed to this backend (legacy, celery, inngest).")
+@click.option("--since", help="Only runs created since: 24h, 15m, 7d, or an ISO timestamp.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 100_000),
+    default=50,
+    show_default=True,
+    help="At most this many runs, newest first.",
+)
+@click.option("--json", "as_json", is_flag=True, help="A JSON array on stdout.")
 @pass_ctx
 def list_(
     obj: CliContext,
@@ -63,7 +73,7 @@ def list_(
 
 @group.command("show")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @pass_ctx
 def show(obj: CliContext, run_id: str, as_json: bool) -> None:
     """One run: its route, steps, timings and credit ledger entries."""

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Insert,
     Row,
@@ -26,15 +27,20 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql.elements import ColumnElement
 
+from toolkit.config import MAX_AMOUNT
 from toolkit.errors import InsufficientCredits, InvalidInput
 from toolkit.events import RunRefunded
+from toolkit.store import audit
 from toolkit.store.engine import Database
 from toolkit.store.models import CreditAccount, CreditEntry, LedgerKind, Run, RunStatus, utcnow
 
 
 def _check_amount(amount: object) -> int:
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise InvalidInput(f"credit amount must be a positive integer, not {amount!r}")
+    """An amount that enters the ledger: 1..MAX_AMOUNT, refused before anything is written."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
+        raise InvalidInput(
+            f"credit amount must be an integer from 1 to {MAX_AMOUNT}, not {amount!r}"
+        )
     return amount
 
 
@@ -57,6 +63,22 @@ class LedgerTotals:
 
 
 _DEBIT = aliased(CreditEntry, name="debit")
+#: The balance column's own limit (BIGINT, SQLite INTEGER).
+_INT64 = 2**63 - 1
+
+#: A grant's credit, conditional: the balance it leaves stays within MAX_AMOUNT, checked by the
+#: UPDATE itself, so two concurrent grants cannot both pass a check made before either wrote.
+_CREDIT_GRANT = (
+    update(CreditAccount)
+    .where(
+        CreditAccount.account == bindparam("g_account"),
+        CreditAccount.balance <= MAX_AMOUNT - bindparam("g_amount", type_=BigInteger()),
+    )
+    .values(
+        balance=CreditAccount.balance + bindparam("g_amount", type_=BigInteger()),
+        updated_at=bindparam("g_now", type_=CreditAccount.updated_at.type),
+    )
+)
 
 #: The one rule of refunds: only a FAILED or CANCELLED run is owed its debit back; a queued,
 #: running or completed run keeps it, whoever asks. Every refund path builds on
@@ -110,26 +132,50 @@ class Credits:
 
     # --- public API --------------------------------------------------------------------
 
-    def grant(self, account: str, amount: int, *, reason: str | None = None) -> int:
-        """Add credits; returns the new balance."""
+    def grant(
+        self, account: str, amount: int, *, reason: str | None = None, actor: str | None = None
+    ) -> int:
+        """Add credits; returns the new balance. The grant, its ledger row and its audit entry
+        (``credits.grant``, by ``actor``, default :func:`~toolkit.store.audit.default_actor`)
+        commit together. Refused (InvalidInput, nothing written) when ``amount`` is outside
+        1..MAX_AMOUNT or the balance would exceed MAX_AMOUNT."""
         _check_account(account)
         _check_amount(amount)
         now = utcnow()
         with self._db.transaction() as s:
             conn = s.connection()
             conn.execute(self._ensure, {"account": account, "now": now})
-            self._db.sql.credit(conn, {account: amount}, now)
+            credited = conn.execute(
+                _CREDIT_GRANT, {"g_account": account, "g_amount": amount, "g_now": now}
+            )
+            if credited.rowcount != 1:
+                raise InvalidInput(
+                    f"granting {amount} to {account!r} would take its balance "
+                    f"({self._balance(s, account)}) above {MAX_AMOUNT}"
+                )
             params = {"account": account, "amount": amount, "reason": reason, "now": now}
             conn.execute(_GRANT, params)
-            return self._balance(s, account)
+            balance = self._balance(s, account)
+            audit.record(
+                s,
+                actor=actor or audit.default_actor(),
+                action="credits.grant",
+                target=account,
+                after={"account": account, "amount": amount, "balance": balance},
+                reason=reason,
+            )
+            return balance
 
     def balance(self, account: str) -> int:
-        """The account's running balance now; 0 for an account never seen."""
+        """The account's running balance now; 0 for an account never seen (a malformed
+        account name is bad input, not an account with nothing)."""
+        _check_account(account)
         with self._db.transaction() as s:
             return self._balance(s, account)
 
     def totals(self, account: str) -> LedgerTotals:
         """Sums from the ledger itself, the history the running balance must agree with."""
+        _check_account(account)
         with self._db.transaction() as s:
             row = s.execute(
                 select(*(_sum_of(kind) for kind in LedgerKind)).where(
@@ -180,10 +226,15 @@ class Credits:
     def spend_in(self, s: Session | Connection, account: str, amount: int) -> None:
         """Conditionally decrement: two concurrent debits can never both spend the same credits.
 
-        The caller writes the matching DEBIT ledger rows in the same transaction.
+        The caller writes the matching DEBIT ledger rows in the same transaction. A total
+        beyond 64 bits (many runs of a costly job) exceeds any balance: refused unsent, so
+        it never reaches the database as an out-of-range parameter.
         """
         _check_account(account)
-        _check_amount(amount)
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+            raise InvalidInput(f"credit amount must be a positive integer, not {amount!r}")
+        if amount > _INT64:
+            raise InsufficientCredits(account, amount, self._balance(s, account))
         spent = s.execute(
             self._spend, {"b_account": account, "b_amount": amount, "b_now": utcnow()}
         )

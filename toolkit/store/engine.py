@@ -105,6 +105,26 @@ def _safe(url: str) -> str:
         return "<unparseable url>"
 
 
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of the SQLite file ``url`` names when that file does not exist, else None
+    (another database, in-memory, URI form, or the file is there). Opening it would create an
+    empty file: the CLI refuses a mistyped path instead, except to ``db upgrade``."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError:
+        return None
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return None
+    if path.startswith("file:") or str(parsed.query.get("uri", "")).lower() == "true":
+        return None
+    return None if Path(path).exists() else path
+
+
 def _database_error(url: str, err: exc.DBAPIError) -> DatabaseError:
     text = str(err.orig)
     if "no such table" in text or ("relation" in text and "does not exist" in text):
@@ -227,7 +247,10 @@ class Database:
         """Alembic upgrade to ``revision`` on this engine; a no-op when already there."""
         from alembic import command
 
-        command.upgrade(self.alembic_config(), revision)
+        try:
+            command.upgrade(self.alembic_config(), revision)
+        except (exc.OperationalError, exc.ProgrammingError) as err:
+            raise _database_error(self.url, err) from err
 
     def alembic_config(self) -> Any:
         """An Alembic config for the packaged migrations on this engine: no alembic.ini needed."""
