@@ -123,10 +123,10 @@ def fit(
     """
     width = width or console().width
     body = [[_cells(c) for c in row] for row in rows]
-    needs = []
+    widest, needs = [], []
     for n, col in enumerate(columns):
-        widest = max([_plain(col.header), *(_plain(r[n]) for r in body)])
-        needs.append(min(widest, col.width) if col.fold else widest)
+        widest.append(max([_plain(col.header), *(_plain(r[n]) for r in body)]))
+        needs.append(min(widest[n], col.width) if col.fold else widest[n])
     shown = list(range(len(columns)))
 
     def total() -> int:  # one space of padding each side, a border between and around
@@ -136,6 +136,17 @@ def fit(
         if total() <= width or columns[n].drop == 0:
             break
         shown.remove(n)
+    # Free text takes the room left, a cell at a time, up to its widest line. Every width is
+    # fixed here: rich's own squeezing, when its columns are too wide, shrinks every column
+    # alike, ids and numbers too.
+    growing = [n for n in shown if columns[n].fold and needs[n] < widest[n]]
+    while growing and total() < width:
+        for n in list(growing):
+            if total() >= width:
+                break
+            needs[n] += 1
+            if needs[n] >= widest[n]:
+                growing.remove(n)
     t = Table(title=title, title_justify="left", header_style="bold")
     for n in shown:
         col = columns[n]
@@ -143,7 +154,7 @@ def fit(
             col.header,
             overflow="fold",
             no_wrap=not col.fold,
-            min_width=needs[n],
+            width=needs[n],
             justify=col.justify,  # type: ignore[arg-type]
         )
     for row in body:
