@@ -29,7 +29,7 @@ from toolkit.store.engine import Database
 from toolkit.store.lifecycle import RunStore
 from toolkit.store.records import RunRecords
 from toolkit.store.rollouts import RolloutStore, RolloutView
-from toolkit.store.runs import RunQueries, parse_run_id
+from toolkit.store.runs import RunQueries
 from toolkit.store.sweeps import SweepStore
 
 
@@ -199,8 +199,9 @@ class Toolkit:
 
     def cancel(self, run_id: object, *, reason: str = "cancelled by operator") -> bool:
         """Cancel a QUEUED or RUNNING run and refund its debit; False if it is unknown or already
-        finished. A running attempt stops at its next step."""
-        return self.runtime.cancel(parse_run_id(run_id), reason)
+        finished. A running attempt stops at its next step. ``run_id`` may be a unique prefix
+        (a short id as tables show it); an unknown or ambiguous prefix raises."""
+        return self.runtime.cancel(self.runs.resolve(run_id), reason)
 
     # --- rollouts ------------------------------------------------------------------------------
 

@@ -54,6 +54,12 @@ class UnknownRun(InvalidInput):
     code = "unknown_run"
 
 
+class AmbiguousRun(InvalidInput):
+    """A short run id that more than one run starts with."""
+
+    code = "ambiguous_run"
+
+
 class UnknownBackend(InvalidInput):
     code = "unknown_backend"
 

@@ -78,7 +78,15 @@ def test_dry_runs_print_what_would_change_and_change_nothing(
     data = as_json(capsys, "refund")
     assert data["applied"] is False and data["changed"] == 4 and data["credits"] == 20
     assert data["totals"] == [
-        {"job": JOB, "backend": "parked", "change": "refund", "runs": 4, "credits": 20}
+        {
+            "job": JOB,
+            "backend": "parked",
+            "status": "FAILED",
+            "to_status": "FAILED",
+            "to_backend": "parked",
+            "runs": 4,
+            "credits": 20,
+        }
     ]
     assert snapshot(seeded) == before
 

@@ -7,7 +7,7 @@ import json
 import click
 
 from toolkit.cli.context import CliContext, parse_since, pass_ctx
-from toolkit.cli.render import console, emit_json, table, when
+from toolkit.cli.render import Col, console, emit_json, fit, when
 
 
 def _change(before: object, after: object) -> str:
@@ -35,13 +35,22 @@ def group(
     if as_json:
         emit_json([e.as_dict() for e in entries])
         return
-    console().print(
-        table(
+    out = console()
+    narrow = out.width < 120  # date above time: the column is 10 cells wide, not 19
+    out.print(
+        fit(
             "Audit",
-            ["at", "actor", "action", "target", "change", "reason"],
+            [
+                Col("at"),
+                Col("actor", fold=True, width=10),
+                Col("action"),
+                Col("target", fold=True, width=10, drop=1),
+                Col("change", fold=True, width=14),
+                Col("reason", fold=True, width=10),
+            ],
             [
                 (
-                    when(e.at),
+                    when(e.at).replace(" ", "\n") if narrow else when(e.at),
                     e.actor,
                     e.action,
                     e.target,
@@ -50,5 +59,6 @@ def group(
                 )
                 for e in entries
             ],
+            width=out.width,
         )
     )

@@ -7,13 +7,14 @@ group registers it like any other; the logic is in :mod:`toolkit.maintenance.ope
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
 from toolkit.cli.context import CliContext, parse_since
-from toolkit.cli.render import console, emit_json, err_console, status, table, when
+from toolkit.cli.render import Col, console, emit_json, err_console, fit, status, when
 from toolkit.maintenance.operations import DEFAULT_MAX_RECOVERIES, DEFAULT_OLDER_THAN, sweeper
 from toolkit.maintenance.sweep import BULK_BATCH, DEFAULT_BATCH, MAX_BATCH, Filters, Report
 
@@ -109,19 +110,21 @@ def execute(
     if as_json:
         emit_json(report.as_dict())
     else:
-        render(report)
+        render(report, tk.runs.short_ids(c.run_id for c in report.sample))
 
 
-def render(report: Report) -> None:
-    """A sweep's summary at 80 columns: what changed, what was skipped and why, a sample."""
+def render(report: Report, short: dict[uuid.UUID, str] | None = None) -> None:
+    """A sweep's summary at 80 columns: what changed, what was skipped and why, a sample
+    (``short``: the sample's short ids, which ``toolkit runs show`` accepts)."""
     out = console()
+    short = short or {}
     title = report.action.capitalize()
     if report.sample:
         shown = len(report.sample)
         more = report.changed + sum(report.skipped.values()) - shown
         rows = [
             (
-                c.run_id,
+                short.get(c.run_id, str(c.run_id)),
                 c.job,
                 c.backend,
                 status(c.status),
@@ -132,22 +135,37 @@ def render(report: Report) -> None:
             for c in report.sample
         ]
         caption = f"… and {more} more (totals below)" if more > 0 else None
-        runs = table(
+        runs = fit(
             f"{title}: {'changed' if report.applied else 'would change'}",
-            ["run id", "job", "backend", "status", "created", "change", "credits"],
+            [
+                Col("run id"),
+                Col("job"),
+                Col("backend"),
+                Col("status"),
+                Col("created", drop=2),
+                Col("change", fold=True, width=16),
+                Col("credits", drop=1, justify="right"),
+            ],
             rows,
+            width=out.width,
         )
         runs.caption = caption
-        runs.columns[0].no_wrap = True  # whole, to paste into `toolkit runs show`
         out.print(runs)
-    totals = table(
+    totals = fit(
         f"{title}: totals per job and backend",
-        ["job", "backend", "change", "runs", "credits"],
+        [
+            Col("job"),
+            Col("backend"),
+            Col("change", fold=True, width=16),
+            Col("runs", justify="right"),
+            Col("credits", justify="right"),
+        ],
         [
             (job, backend, change, t.runs, t.credits)
             for (job, backend, change), t in sorted(report.totals.items())
         ]
         + [("[bold]total[/]", "", "", f"[bold]{report.changed}[/]", f"[bold]{report.credits}[/]")],
+        width=out.width,
     )
     out.print(totals)
     for why, count in sorted(report.skipped.items()):
@@ -155,6 +173,10 @@ def render(report: Report) -> None:
     for outcome, count in sorted(report.outcomes.items()):
         style = "red" if outcome.startswith("not submitted") else "green"
         out.print(f"[{style}]{count}[/] {outcome}")
+    inline = report.ran_inline()
+    if report.applied and (inline["completed"] or inline["failed"]):
+        failed = f"[red]{inline['failed']} failed[/]" if inline["failed"] else "0 failed"
+        out.print(f"ran inline: [green]{inline['completed']} completed[/], {failed}")
     if report.applied:
         out.print(
             f"[green]{report.action}: {report.changed} runs changed[/], {report.credits} credits, "

@@ -6,7 +6,7 @@ import click
 from rich.panel import Panel
 
 from toolkit.cli.context import CliContext, parse_since, pass_ctx
-from toolkit.cli.render import console, emit_json, seconds, status, table, when
+from toolkit.cli.render import Col, console, emit_json, fit, seconds, status, when
 
 
 @click.group("runs")
@@ -48,13 +48,24 @@ def list_(
     if as_json:
         emit_json([r.as_dict() for r in runs])
         return
+    short = obj.toolkit.runs.short_ids(r.id for r in runs)
     console().print(
-        table(
+        fit(
             f"Runs ({len(runs)})",
-            ["run id", "job", "status", "backend", "att", "created", "queue", "duration", "error"],
+            [
+                Col("run id"),
+                Col("job"),
+                Col("status"),
+                Col("backend"),
+                Col("att", drop=5, justify="right"),
+                Col("created", drop=3),
+                Col("queue", drop=6, justify="right"),
+                Col("duration", drop=4, justify="right"),
+                Col("error", fold=True, width=16, drop=2),
+            ],
             [
                 (
-                    r.id,
+                    short[r.id],
                     r.job,
                     status(r.status),
                     r.backend
@@ -76,7 +87,10 @@ def list_(
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @pass_ctx
 def show(obj: CliContext, run_id: str, as_json: bool) -> None:
-    """One run: its route, steps, timings and credit ledger entries."""
+    """One run: its route, steps, timings and credit ledger entries.
+
+    RUN_ID is the full id or a unique prefix of at least 4 hex digits (the short ids that
+    `runs list` shows)."""
     detail = obj.toolkit.runs.detail(run_id)
     if as_json:
         emit_json(detail.as_dict())
@@ -99,9 +113,16 @@ def show(obj: CliContext, run_id: str, as_json: bool) -> None:
     out = console()
     out.print(Panel("\n".join(lines), title=str(r.id), title_align="left"))
     out.print(
-        table(
+        fit(
             "Steps",
-            ["step", "status", "attempt", "started", "took", "error"],
+            [
+                Col("step"),
+                Col("status"),
+                Col("attempt", drop=2, justify="right"),
+                Col("started", drop=1),
+                Col("took", justify="right"),
+                Col("error", fold=True, width=16),
+            ],
             [
                 (
                     s.name,
@@ -118,9 +139,15 @@ def show(obj: CliContext, run_id: str, as_json: bool) -> None:
         )
     )
     out.print(
-        table(
+        fit(
             "Credits",
-            ["kind", "account", "amount", "at", "reason"],
+            [
+                Col("kind"),
+                Col("account", fold=True, width=16),
+                Col("amount", justify="right"),
+                Col("at", drop=1),
+                Col("reason", fold=True, width=16),
+            ],
             [
                 (e.kind, e.account, e.amount, when(e.created_at), e.reason or "")
                 for e in detail.ledger

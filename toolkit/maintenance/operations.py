@@ -17,7 +17,6 @@ act on a locked page the way the database does it best), so they treat every bac
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +33,7 @@ from toolkit.maintenance.sweep import (
     Change,
     Filters,
     Parts,
+    Progress,
     Report,
     Sweep,
     Sweeper,
@@ -44,6 +44,8 @@ from toolkit.store.sweeps import PageAction
 
 DEFAULT_OLDER_THAN = "15m"
 DEFAULT_MAX_RECOVERIES = 3
+QUEUED = RunStatus.QUEUED.value  # where recovery moves a run, on its new route
+NOT_SUBMITTED = "not submitted:"  # how the dispatcher's error starts when no backend took a run
 
 _debit = aliased(CreditEntry, name="debit")
 _refund = aliased(CreditEntry, name="refund")
@@ -171,7 +173,10 @@ class CleanupSweep(_StaleSweep, _PagedSweep):
 
     def preview(self, rows: Sequence[Row[Any]]) -> list[Change]:
         """Each row's move to FAILED and the credits its refund would return; nothing is written."""
-        return [Change.of(r, f"{r.status} → FAILED", r.owed or 0) for r in rows]
+        return [
+            Change.of(r, f"{r.status} → FAILED", r.owed or 0, to_status=RunStatus.FAILED.value)
+            for r in rows
+        ]
 
     def refund_reason(self) -> str:
         """The ledger reason of the cleanup's refunds, with the operator's reason if given."""
@@ -186,7 +191,7 @@ class CleanupSweep(_StaleSweep, _PagedSweep):
     def _changes(self, rows: Sequence[Row[Any]], failed: dict[uuid.UUID, int]) -> list[Change]:
         label = {st.value: f"{st.value} → FAILED" for st in self.statuses}
         return [
-            Change.of(r, label[r.status], failed[r.id])
+            Change.of(r, label[r.status], failed[r.id], to_status=RunStatus.FAILED.value)
             if r.id in failed
             else Change.of(r, label[r.status], skipped="moved meanwhile")
             for r in rows
@@ -230,7 +235,9 @@ class RecoverSweep(_StaleSweep):
             if route is None:
                 changes.append(Change.of(r, "→ ?", skipped=self.NOT_REGISTERED))
             else:
-                changes.append(Change.of(r, f"→ {route.backend}"))
+                changes.append(
+                    Change.of(r, f"→ {route.backend}", to_status=QUEUED, to_backend=route.backend)
+                )
         return changes
 
     def prepare(self, rows: Sequence[Row[Any]]) -> None:
@@ -261,22 +268,30 @@ class RecoverSweep(_StaleSweep):
                 changes.append(Change.of(r, "→ ?", skipped="moved meanwhile"))
                 continue
             self._pending.append(reroute)
-            changes.append(Change.of(r, f"→ {reroute.route.backend}"))
+            backend = reroute.route.backend
+            changes.append(Change.of(r, f"→ {backend}", to_status=QUEUED, to_backend=backend))
         return changes
 
-    def after_commit(self) -> Counter[str]:
-        """Hand the batch over once its moves committed; a crash before leaves them QUEUED
-        (and stale again after ``older_than``), so the next invocation retries them."""
-        outcomes: Counter[str] = Counter()
+    def after_commit(self, report: Report, progress: Progress | None = None) -> int:
+        """Hand the batch over once its moves committed, ticking ``progress`` per run (one the
+        legacy executor runs inline takes as long as the job); a crash before leaves them
+        QUEUED (and stale again after ``older_than``), so the next invocation retries them."""
+        handed = 0
         while self._pending:
             handle = self.parts.dispatcher.resubmit(self._pending.pop(0))
-            if handle.status == RunStatus.FAILED.value and handle.error:
-                outcomes["not submitted: failed and refunded (fallback policy)"] += 1
+            handed += 1
+            report.handovers[(handle.backend, handle.fallback_from, handle.status)] += 1
+            if handle.status == RunStatus.FAILED.value and (handle.error or "").startswith(
+                NOT_SUBMITTED
+            ):
+                report.outcomes["not submitted: failed and refunded (fallback policy)"] += 1
             elif handle.fallback_from:
-                outcomes[f"fell back from {handle.fallback_from} to {handle.backend}"] += 1
+                report.outcomes[f"fell back from {handle.fallback_from} to {handle.backend}"] += 1
             else:
-                outcomes[f"submitted to {handle.backend}"] += 1
-        return outcomes
+                report.outcomes[f"submitted to {handle.backend}"] += 1
+            if progress is not None:
+                progress(1)
+        return handed
 
 
 # --- entry points ----------------------------------------------------------------------------

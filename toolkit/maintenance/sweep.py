@@ -63,6 +63,9 @@ class Parts:
     sweeps: SweepStore
 
 
+Progress = Callable[[int], None]
+
+
 class Sweep(ABC):
     """One maintenance operation: which runs (per status) and what to do with a batch."""
 
@@ -117,12 +120,13 @@ class Sweep(ABC):
         rows = s.connection().execute(page, keys).all()
         return rows, self.apply(s, rows)
 
-    def after_commit(self) -> Counter[str]:
-        """Work that must follow the batch's commit (a hand-over); outcome counts."""
-        return Counter()
+    def after_commit(self, report: Report, progress: Progress | None = None) -> int:
+        """Work that must follow the batch's commit (a hand-over), counted into ``report``;
+        returns how many runs it already reported to ``progress`` itself (one by one, as a
+        hand-over that runs inline takes a while each)."""
+        return 0
 
 
-Progress = Callable[[int], None]
 Cursor = tuple[datetime, uuid.UUID]
 
 
@@ -270,14 +274,15 @@ class Sweeper:
                 self.sweep.prepare(rows)
                 with self.parts.db.transaction() as s:
                     rows, changes = self._apply(s, cursor, end, n)
+            ticked = 0
             if apply:
                 report.batches += any(c.skipped is None for c in changes)
-                report.outcomes.update(self.sweep.after_commit())
+                ticked = self.sweep.after_commit(report, progress)
             # A full batch resumes right after its last run; otherwise after the whole window.
             cursor = (rows[-1].created_at, rows[-1].id) if len(rows) == n else end
             report.add(changes)
-            if progress is not None:
-                progress(len(rows))
+            if progress is not None and len(rows) > ticked:
+                progress(len(rows) - ticked)
             if len(rows) < n and last.size < width:
                 break
             if len(rows) < n:  # the whole window was seen: size the next one to fill a batch
@@ -372,6 +377,7 @@ __all__ = [
     "Change",
     "Filters",
     "Parts",
+    "Progress",
     "Report",
     "Sweep",
     "Sweeper",

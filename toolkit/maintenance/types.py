@@ -64,7 +64,10 @@ class Filters:
 
 @dataclass(slots=True)
 class Change:
-    """What a sweep did, or would do, to one run; ``skipped`` says why it did nothing."""
+    """What a sweep did, or would do, to one run; ``skipped`` says why it did nothing.
+
+    ``change`` is the text people read ("→ inngest", "QUEUED → FAILED"); ``to_status`` and
+    ``to_backend`` are the raw values scripts read (None: unknown, the run was skipped)."""
 
     run_id: uuid.UUID
     job: str
@@ -74,23 +77,45 @@ class Change:
     change: str
     credits: int = 0
     skipped: str | None = None
+    to_status: str | None = None
+    to_backend: str | None = None
 
     @classmethod
-    def of(cls, row: Row[Any], change: str, credits: int = 0, skipped: str | None = None) -> Change:
-        """From a page row, which must carry id, job, backend, status and created_at."""
+    def of(
+        cls,
+        row: Row[Any],
+        change: str,
+        credits: int = 0,
+        skipped: str | None = None,
+        *,
+        to_status: str | None = None,
+        to_backend: str | None = None,
+    ) -> Change:
+        """From a page row, which must carry id, job, backend, status and created_at; the
+        run's status and backend afterwards default to what they are now."""
         return cls(
-            row.id, row.job, row.backend, row.status, row.created_at, change, credits, skipped
+            row.id,
+            row.job,
+            row.backend,
+            row.status,
+            row.created_at,
+            change,
+            credits,
+            skipped,
+            to_status or row.status,
+            to_backend or row.backend,
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready, with ``created_at`` in UTC."""
+        """JSON-ready raw values, with ``created_at`` in UTC; the display text is left out."""
         return {
             "run_id": str(self.run_id),
             "job": self.job,
             "backend": self.backend,
             "status": self.status,
             "created_at": self.created_at.astimezone(UTC).isoformat(),
-            "change": self.change,
+            "to_status": None if self.skipped else self.to_status,
+            "to_backend": None if self.skipped else self.to_backend,
             "credits": self.credits,
             "skipped": self.skipped,
         }
@@ -100,6 +125,9 @@ class Change:
 class Totals:
     runs: int = 0
     credits: int = 0
+    status: str = ""  # what the runs' status was, and is (or would be) afterwards
+    to_status: str | None = None
+    to_backend: str | None = None
 
 
 @dataclass
@@ -115,6 +143,9 @@ class Report:
     batches: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     outcomes: Counter[str] = field(default_factory=Counter)
+    # Runs handed over, per (backend, fallback_from, status) right after the hand-over: a run
+    # the legacy executor ran inline is COMPLETED or FAILED there already.
+    handovers: Counter[tuple[str, str | None, str]] = field(default_factory=Counter)
     totals: dict[tuple[str, str, str], Totals] = field(default_factory=dict)
     sample: list[Change] = field(default_factory=list)
     elapsed: float = 0.0
@@ -130,12 +161,21 @@ class Report:
                 continue
             self.changed += 1
             self.credits += c.credits
-            totals = self.totals.setdefault((c.job, c.backend, c.change), Totals())
+            totals = self.totals.setdefault(
+                (c.job, c.backend, c.change), Totals(0, 0, c.status, c.to_status, c.to_backend)
+            )
             totals.runs += 1
             totals.credits += c.credits
 
+    def ran_inline(self) -> dict[str, int]:
+        """Of the runs handed over, how many ran to the end inside this process (legacy)."""
+        done = Counter(status for (_, _, status) in self.handovers.elements())
+        return {"completed": done["COMPLETED"], "failed": done["FAILED"]}
+
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: totals sorted by (job, backend, change), and the sample, never every run."""
+        """JSON-ready raw values: totals sorted by (job, backend, change), and the sample,
+        never every run. ``outcomes`` keeps the sentences the table prints; ``handovers`` and
+        ``ran_inline`` carry the same facts as values."""
         return {
             "action": self.action,
             "applied": self.applied,
@@ -146,9 +186,22 @@ class Report:
             "batches": self.batches,
             "skipped": dict(self.skipped),
             "outcomes": dict(self.outcomes),
+            "handovers": [
+                {"backend": b, "fallback_from": f, "status": st, "runs": n}
+                for (b, f, st), n in sorted(self.handovers.items(), key=lambda kv: str(kv[0]))
+            ],
+            "ran_inline": self.ran_inline(),
             "totals": [
-                {"job": j, "backend": b, "change": c, "runs": t.runs, "credits": t.credits}
-                for (j, b, c), t in sorted(self.totals.items())
+                {
+                    "job": j,
+                    "backend": b,
+                    "status": t.status,
+                    "to_status": t.to_status,
+                    "to_backend": t.to_backend,
+                    "runs": t.runs,
+                    "credits": t.credits,
+                }
+                for (j, b, _), t in sorted(self.totals.items())
             ],
             "sample": [c.as_dict() for c in self.sample],
             "elapsed_s": round(self.elapsed, 3),

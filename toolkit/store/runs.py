@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select
 
-from toolkit.errors import InvalidInput, UnknownRun
+from toolkit.errors import AmbiguousRun, InvalidInput, UnknownRun
 from toolkit.store.engine import Database
 from toolkit.store.models import TERMINAL, CreditEntry, DeadLetter, Run, RunStatus, Step
 
@@ -25,12 +27,34 @@ def parse_run_id(value: object) -> uuid.UUID:
         raise UnknownRun(f"unknown run id {value!r}: not a UUID") from None
 
 
+SHORT_ID = 8  # hex digits a short id has at least, as git shows commits
+MIN_PREFIX = 4  # hex digits a prefix needs to be looked up
+_PREFIX = re.compile(r"^[0-9a-f]+$")
+_CANDIDATES = 5  # ambiguous prefix: how many matching ids the error names
+
+
+def _common(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _iso(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, uuid.UUID):
         return str(value)
     return value
+
+
+def _hex(value: object) -> str:
+    """A neighbour id as hex; the empty string when there is none."""
+    if value is None:
+        return ""
+    return value.hex if isinstance(value, uuid.UUID) else str(value).replace("-", "").lower()
 
 
 @dataclass(frozen=True)
@@ -140,6 +164,69 @@ class RunQueries:
         # blocking legacy run.
         self._get = select(*Run.__table__.c).where(Run.id == bindparam("run_id"))
 
+    def resolve(self, run_id: object) -> uuid.UUID:
+        """A full run id, or a unique prefix of its hex (at least 4 digits, dashes optional)
+        such as the short ids tables show; UnknownRun if nothing matches, AmbiguousRun naming a
+        few candidates if several do. A prefix is one indexed range query: ids from
+        prefix-000… to prefix-fff… (PostgreSQL orders uuids bytewise, SQLite stores them as
+        32 lowercase hex digits, which sort the same way)."""
+        if isinstance(run_id, uuid.UUID):
+            return run_id
+        text = str(run_id).strip().lower()
+        digits = text.replace("-", "")
+        if len(digits) == 32:
+            return parse_run_id(text)
+        if len(digits) < MIN_PREFIX or not _PREFIX.match(digits):
+            raise UnknownRun(
+                f"unknown run id {run_id!r}: not a UUID or a hex prefix of at least "
+                f"{MIN_PREFIX} digits"
+            )
+        low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+        query = (
+            select(Run.id)
+            .where(Run.id >= low, Run.id <= high)
+            .order_by(Run.id)
+            .limit(_CANDIDATES + 1)
+        )
+        with self._db.autocommit() as conn:
+            found = list(conn.scalars(query))
+        if not found:
+            raise UnknownRun(f"unknown run id {run_id!r}: no run id starts with {digits}")
+        if len(found) > 1:
+            names = ", ".join(f.hex[:12] for f in found[:_CANDIDATES])
+            more = ", ..." if len(found) > _CANDIDATES else ""
+            raise AmbiguousRun(
+                f"ambiguous run id {run_id!r}: matches {names}{more}; give more digits"
+            )
+        return found[0]
+
+    def short_ids(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Each id's shortest unique hex prefix, at least 8 digits, as git abbreviates commits:
+        what tables show and :meth:`resolve` accepts. Unique among every run stored now: each
+        id is compared with its neighbours in id order, found by index, one statement per
+        chunk of ids."""
+        wanted = list(dict.fromkeys(ids))
+        out: dict[uuid.UUID, str] = {}
+        for start in range(0, len(wanted), 200):
+            chunk = wanted[start : start + 200]
+            columns = []
+            for n, rid in enumerate(chunk):
+                # PostgreSQL has no max(uuid): the neighbours by index order, one row each.
+                before = select(Run.id).where(Run.id < rid).order_by(Run.id.desc()).limit(1)
+                after = select(Run.id).where(Run.id > rid).order_by(Run.id).limit(1)
+                columns.append(before.scalar_subquery().label(f"p{n}"))
+                columns.append(after.scalar_subquery().label(f"n{n}"))
+            with self._db.autocommit() as conn:
+                row = conn.execute(select(*columns)).one()
+            for n, rid in enumerate(chunk):
+                hexed = rid.hex
+                shared = max(
+                    (_common(hexed, _hex(other)) for other in (row[2 * n], row[2 * n + 1])),
+                    default=0,
+                )
+                out[rid] = hexed[: max(SHORT_ID, shared + 1)]
+        return out
+
     def get(self, run_id: object) -> RunView:
         """The run as stored now, one autocommit read (handles refresh through it); UnknownRun if
         absent."""
@@ -152,8 +239,9 @@ class RunQueries:
 
     def detail(self, run_id: object) -> RunDetail:
         """The run, its steps and credit entries in order, and whether it was dead-lettered;
-        UnknownRun if absent. The run and the rest are two reads, not one snapshot."""
-        view = self.get(run_id)
+        UnknownRun if absent. ``run_id`` may be a unique prefix (:meth:`resolve`). The run and the
+        rest are two reads, not one snapshot."""
+        view = self.get(self.resolve(run_id))
         with self._db.transaction() as s:
             steps = s.scalars(select(Step).where(Step.run_id == view.id).order_by(Step.id)).all()
             ledger = s.scalars(
