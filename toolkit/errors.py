@@ -133,6 +133,13 @@ class RunLost(ToolkitError):
     code = "run_lost"
 
 
+class RunFailed(ToolkitError):
+    """A Celery task's way of reporting that its run failed for good: raised (as an expected
+    exception, never retried) so the worker logs the task as failed, not as succeeded."""
+
+    code = "run_failed"
+
+
 # --- raised by job code ---------------------------------------------------------------
 
 
