@@ -77,7 +77,8 @@ class MissingExtra(ConfigError):
 
     def __init__(self, extra: str, module: str) -> None:
         super().__init__(
-            f"the {extra!r} backend needs the {module!r} package: pip install 'toolkit[{extra}]'"
+            f"the {extra!r} backend needs the {module!r} package: "
+            f"pip install 'flagshift-toolkit[{extra}]'"
         )
         self.extra = extra
 
