@@ -16,6 +16,11 @@ from toolkit.backends.base import BaseBackend
 from toolkit.backends.legacy import LegacyBackend, LegacyMode
 from toolkit.config import LEGACY
 from toolkit.dispatch.dispatcher import Dispatcher, DispatchRequest, Route, RunHandle
+from toolkit.dispatch.handles import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_PAYLOAD_DEPTH,
+    PayloadLimits,
+)
 from toolkit.errors import ConfigError, InvalidInput
 from toolkit.events import Events, Listener, RunEvent
 from toolkit.flags.changes import FlagChanges
@@ -39,6 +44,11 @@ class Toolkit:
     ``flag_provider`` replaces the built-in rollouts-table provider with any OpenFeature
     provider (flagd, LaunchDarkly, ``InMemoryProvider`` in tests): the dispatcher only asks
     for a string variant naming a backend.
+
+    ``max_payload_bytes`` (default 1 MiB of UTF-8 JSON) and ``max_payload_depth`` (default 64
+    nested containers, at most 500) bound every dispatched payload: one past them is refused
+    with InvalidPayload before any write, since a payload is stored, shipped to its backend
+    and read back on every attempt. Bad values are ConfigError.
     """
 
     def __init__(
@@ -52,7 +62,11 @@ class Toolkit:
         retry_base_delay: float = 1.0,
         retry_max_delay: float = 60.0,
         engine_options: Mapping[str, Any] | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_payload_depth: int = DEFAULT_MAX_PAYLOAD_DEPTH,
     ) -> None:
+        # Validated first (ConfigError), before anything is opened.
+        payload_limits = PayloadLimits(max_payload_bytes, max_payload_depth)
         if flag_cache_ttl < 0 or flag_cache_ttl > 1.0:
             raise ConfigError("flag_cache_ttl must be between 0 and 1 second")
         #: The lifecycle listeners (:meth:`on`).
@@ -87,6 +101,7 @@ class Toolkit:
             reads=self.runs,
             backends=self.backends,
             legacy=self.legacy,
+            payload_limits=payload_limits,
         )
         #: What the maintenance sweeps use (recover, cleanup, refund), and nothing else.
         self.maintenance = Parts(

@@ -83,7 +83,8 @@ class MissingExtra(ConfigError):
 
     def __init__(self, extra: str, module: str) -> None:
         super().__init__(
-            f"the {extra!r} backend needs the {module!r} package: pip install 'toolkit[{extra}]'"
+            f"the {extra!r} backend needs the {module!r} package: "
+            f"pip install 'flagshift-toolkit[{extra}]'"
         )
         self.extra = extra
 
@@ -137,6 +138,13 @@ class RunLost(ToolkitError):
     """The executing attempt no longer owns the run (cancelled, failed by cleanup, or retried)."""
 
     code = "run_lost"
+
+
+class RunFailed(ToolkitError):
+    """A Celery task's way of reporting that its run failed for good: raised (as an expected
+    exception, never retried) so the worker logs the task as failed, not as succeeded."""
+
+    code = "run_failed"
 
 
 # --- raised by job code ---------------------------------------------------------------

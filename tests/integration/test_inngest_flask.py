@@ -51,8 +51,18 @@ def test_the_flask_route_refuses_unsigned_wrong_and_stale_signatures(
             "unsigned": None,
             "wrong key": sign(body, OTHER_SIGNING_KEY),
             "stale": stale,
+            # The SDK verifies the first `t`: a fresh one appended must not pass the window.
+            "fresh t appended to a stale signature": f"{stale}&t={int(time.time())}",
         }.items():
             assert h.post_to_serve(JOB, body, signature=signature).status_code == 401, what
+        # Two headers: werkzeug reads the first copy, the SDK the last.
+        fresh = f"t={int(time.time())}&s=00"
+        twice = [("content-type", "application/json")]
+        twice += [("x-inngest-signature", fresh), ("x-inngest-signature", stale)]
+        params = {"fnId": h.function_id(JOB), "stepId": "step"}
+        assert (
+            h.http.post(h.serve_url, content=body, headers=twice, params=params).status_code == 401
+        )
         assert tk.runs.get(handle.run_id).status == RunStatus.QUEUED
         assert calls.log == []
         accepted = h.post_to_serve(JOB, body, signature=sign(body))

@@ -176,3 +176,35 @@ def test_signed_requests_outside_the_replay_window_run_nothing(
         accepted = h.post_to_serve(JOB, body, signature=sign(body, timestamp=now - 60))
         assert accepted.status_code == 206 and response_signature_ok(accepted)
     assert h.wait(handle.run_id).status == RunStatus.COMPLETED
+
+
+def post_twice_signed(h: InngestHarness, job: str, body: bytes, *signatures: str) -> int:
+    """Post with one ``X-Inngest-Signature`` header per signature (httpx sends each copy)."""
+    headers = [("content-type", "application/json")]
+    headers += [("x-inngest-signature", sig) for sig in signatures]
+    params = {"fnId": h.function_id(job), "stepId": "step"}
+    return h.http.post(h.serve_url, content=body, headers=headers, params=params).status_code
+
+
+def test_a_fresh_timestamp_appended_to_an_old_signature_runs_nothing(
+    tk: Toolkit, calls: Calls, h: InngestHarness
+) -> None:
+    """The SDK verifies the first ``t``; the window must check that one, and refuse a second."""
+    tk.set_rollout(JOB, 100, reason="all on inngest")
+    with h.executor.paused():
+        handle = h.dispatch(JOB, SESSION, key="u1", account="u1")
+        body = h.first_request(JOB, handle.run_id)
+        now = int(time.time())
+        captured = sign(body, timestamp=now - 600)  # valid, but 10 minutes old
+        fresh_tail = h.post_to_serve(JOB, body, signature=f"{captured}&t={now}")
+        assert fresh_tail.status_code == 401
+        assert "more than once" in fresh_tail.json()["message"]
+        # Two headers: the frameworks read the first copy, the SDK the last.
+        assert post_twice_signed(h, JOB, body, f"t={now}&s=00", captured) == 401
+        assert post_twice_signed(h, JOB, body, sign(body), sign(body)) == 401
+        run = tk.runs.get(handle.run_id)
+        assert (run.status, run.started_at, run.attempts) == (RunStatus.QUEUED, None, 0)
+        assert calls.log == []
+        accepted = h.post_to_serve(JOB, body, signature=sign(body))
+        assert accepted.status_code == 206 and response_signature_ok(accepted)
+    assert h.wait(handle.run_id).status == RunStatus.COMPLETED

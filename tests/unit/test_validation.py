@@ -173,7 +173,7 @@ def test_optional_backend_names_its_extra(monkeypatch: pytest.MonkeyPatch, tmp_p
         monkeypatch.delitem(__import__("sys").modules, "celery", raising=False)
         monkeypatch.setattr(builtins, "__import__", no_celery)
         monkeypatch.setattr("importlib.import_module", lambda name: no_celery(name))
-        with pytest.raises(MissingExtra, match=r"pip install 'toolkit\[celery\]'"):
+        with pytest.raises(MissingExtra, match=r"pip install 'flagshift-toolkit\[celery\]'"):
             load_backend("celery", tk.runtime, tk.jobs)
         with pytest.raises(ConfigError, match="unknown backend"):
             load_backend("kafka", tk.runtime, tk.jobs)

@@ -22,6 +22,7 @@ from toolkit.backends.legacy import LegacyBackend
 from toolkit.config import LEGACY
 from toolkit.dispatch.handles import (
     DispatchRequest,
+    PayloadLimits,
     Reroute,
     Route,
     RunHandle,
@@ -46,7 +47,7 @@ class Dispatcher:
     """Routes, records and hands over runs; the writes are the store's (``records``, ``runs``).
 
     ``backends`` is the live mapping of enabled backends (legacy included); ``reads`` gives
-    the handles their ``refresh``.
+    the handles their ``refresh``; ``payload_limits`` bound what a payload may be.
     """
 
     def __init__(
@@ -59,8 +60,10 @@ class Dispatcher:
         reads: RunQueries,
         backends: Mapping[str, BaseBackend],
         legacy: LegacyBackend,
+        payload_limits: PayloadLimits | None = None,
     ) -> None:
         self._jobs = jobs
+        self._payload_limits = payload_limits or PayloadLimits()
         self._client = client
         self._records = records
         self._runs = runs
@@ -298,7 +301,8 @@ class Dispatcher:
         account = check_str("account", request.account)
         if job.cost and account is None:
             raise InvalidInput(f"job {job.name!r} costs {job.cost} credits: pass account=")
-        return DispatchRequest(check_payload(job.name, request.payload), key, ikey, account)
+        payload = check_payload(job.name, request.payload, self._payload_limits)
+        return DispatchRequest(payload, key, ikey, account)
 
     @staticmethod
     def _row(

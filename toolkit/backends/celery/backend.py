@@ -42,9 +42,9 @@ from toolkit.backends.celery.config import (
 )
 from toolkit.backends.celery.delivery import Delivery
 from toolkit.backends.celery.ratelimit import RedisTokenBucket, longest_wait
-from toolkit.errors import BackendUnavailable, BrokerConfigError, JobTimeout
+from toolkit.errors import BackendUnavailable, BrokerConfigError, JobTimeout, RunFailed
 from toolkit.jobs import JobRegistry, JobSpec, SubmittedRun
-from toolkit.runtime.lifecycle import Runtime
+from toolkit.runtime.lifecycle import Outcome, Runtime
 from toolkit.store.models import RunStatus
 
 log = logging.getLogger("toolkit.backends.celery")
@@ -204,7 +204,15 @@ class CeleryBackend(BaseBackend):
         delivery = self.delivery
 
         def run(task: Any, run_id: str, reserved: bool = False) -> str:
-            return delivery.handle(task, job, run_id, reserved=reserved)
+            outcome = delivery.handle(task, job, run_id, reserved=reserved)
+            if outcome == Outcome.FAILED.value:
+                # Returned, it would be logged as "succeeded ...: 'failed'". Raised and listed
+                # in `throws`, the worker logs "raised expected: RunFailed(...)" at INFO, with
+                # no traceback; `acks_on_failure` acknowledges it and nothing retries it.
+                raise RunFailed(
+                    f"run {run_id} of job {job.name!r} failed: toolkit runs show {run_id}"
+                )
+            return outcome
 
         run.__name__ = run.__qualname__ = "run_" + re.sub(r"\W", "_", job.name)
         return self.app.task(
@@ -220,6 +228,7 @@ class CeleryBackend(BaseBackend):
             soft_time_limit=job.timeout,
             time_limit=self.hard_limit(job),
             max_retries=None,
+            throws=(RunFailed,),
             ignore_result=True,
             toolkit_backend=self,
             toolkit_job=job.name,
