@@ -1,5 +1,5 @@
 """``toolkit.web``: the routes wired from a Toolkit, and the cron routes without the Inngest SDK
-(a cron-only deployment installs ``toolkit[web]``, which does not include it)."""
+(a cron-only deployment installs ``flagshift-toolkit[web]``, which does not include it)."""
 
 from __future__ import annotations
 

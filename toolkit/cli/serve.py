@@ -32,7 +32,7 @@ def group(obj: CliContext, host: str, port: int, log_level: str) -> None:
         from toolkit.web import create_app
     except ModuleNotFoundError as exc:
         raise ConfigError(
-            f"toolkit serve needs the {exc.name!r} package: pip install 'toolkit[web]'"
+            f"toolkit serve needs the {exc.name!r} package: pip install 'flagshift-toolkit[web]'"
         ) from exc
     tk = obj.toolkit
     app = create_app(tk)

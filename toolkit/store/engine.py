@@ -60,7 +60,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         raise ConfigError(f"malformed database URL {_safe(url)!r}") from err
     except ModuleNotFoundError as err:
         raise ConfigError(
-            f"no driver for {_safe(url)!r} ({err.name}): pip install 'toolkit[postgres]'"
+            f"no driver for {_safe(url)!r} ({err.name}): pip install 'flagshift-toolkit[postgres]'"
         ) from err
     return engine
 
