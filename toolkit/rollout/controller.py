@@ -250,7 +250,8 @@ class RolloutController:
     ) -> RollbackResult:
         """0 % at once (``ramp``: the previous step), unconditionally: a concurrent change is
         retried on, never reported as a conflict (the store retries writes without an expected
-        version). Already at 0 % it changes nothing (``view.changed`` is False). Returns what is still in flight on the new backend and the commands to clean it up."""
+        version). Already at 0 % it changes nothing (``view.changed`` is False). Returns what is
+        still in flight on the new backend and the commands to clean it up."""
         state = self.state(job)
         if ramp:
             view = self._set(

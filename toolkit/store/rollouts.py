@@ -25,9 +25,9 @@ _HUNDRED = Decimal(100)
 CHANGE_ATTEMPTS = 8
 
 
-# What a person types: digits, at most one point, an optional % sign. No underscores (``1_0``),
-# exponents, signs, ``nan`` or ``inf``, which Decimal and float would otherwise accept.
-_PLAIN_NUMBER = re.compile(r"(?:\d+(?:\.\d*)?|\.\d+)%?")
+# What a person types: ASCII digits, at most one point, an optional % sign. No underscores
+# (``1_0``), exponents, signs, other digits, ``nan`` or ``inf``, which Decimal would accept.
+_PLAIN_NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)%?")
 
 
 def parse_percentage(value: object) -> Decimal:
