@@ -247,13 +247,13 @@ def explain(obj: CliContext, job: str, key: str, as_json: bool) -> None:
         )
     backend = tk.backends.get(route.backend)
     problem = backend.problem() if backend is not None else None
-    if problem is not None:  # enabled but misconfigured: every hand-over fails and falls back
-        data.update(
-            backend=LEGACY,
-            reason=f"backend {route.backend!r} is misconfigured: {problem}",
-            error=problem,
-        )
-        route = replace(route, backend=LEGACY, reason=data["reason"], error=problem)
+    if problem is not None:  # enabled but misconfigured: every hand-over fails
+        falls_back = tk.jobs.get(job).fallback == LEGACY
+        lands = LEGACY if falls_back else route.backend
+        then = "falls back to legacy" if falls_back else "fails (fallback='fail')"
+        why = f"backend {route.backend!r} is misconfigured, every run {then}: {problem}"
+        data.update(backend=lands, reason=why, error=problem)
+        route = replace(route, backend=lands, reason=why, error=problem)
     if as_json:
         emit_json(data)
         return
