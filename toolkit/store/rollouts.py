@@ -1,4 +1,7 @@
-"""Rollout rows: validated, optimistically versioned, every change audited in its transaction."""
+"""Rollout rows: validated, optimistically versioned, every change audited in its transaction.
+
+A change already in effect writes nothing (no version, no audit entry); a change without an
+expected version is retried on a concurrent one, so a rollback never reports a conflict."""
 
 from __future__ import annotations
 
