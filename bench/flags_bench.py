@@ -102,6 +102,7 @@ def build(tmpdir: str) -> tuple[Toolkit, dict[str, AbstractProvider], dict[str, 
     def bench_job(ctx: Any, payload: Any) -> None:
         return None
 
+    tk.use_backend("inngest", common.NoopBackend(tk.runtime))  # a rollout needs its target
     tk.set_rollout(FLAG, PERCENT, reason="bench")
     counter = CountingLoad(tk.provider._load)  # type: ignore[attr-defined]
     tk.provider._load = counter  # type: ignore[attr-defined]

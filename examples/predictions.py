@@ -9,10 +9,12 @@ legacy inline executor at 0 %, and move to Inngest or Celery by the flag:
     toolkit db upgrade
     python -c "from examples.predictions import build, demo; demo(build())"
     toolkit runs list
+    export TOOLKIT_BACKENDS=inngest INNGEST_DEV=1   # a rollout needs its target enabled
     toolkit rollout set prediction-session 10 --reason "canary"
 
 ``TOOLKIT_BACKENDS=celery`` (a comma-separated list: ``celery``, ``inngest``) enables the new
-backends from their environment variables (``TOOLKIT_BROKER_URL``, ``INNGEST_*``).
+backends from their environment variables (``TOOLKIT_BROKER_URL``, ``INNGEST_*``); a rollout
+above 0 % toward a backend that is not enabled is refused.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.jobs_fixture import Calls, register_session_job
+from tests.support.stub_backend import enable
 from toolkit import Toolkit
 
 
@@ -15,6 +16,11 @@ def build() -> Toolkit:
         return None
 
     return tk
+
+
+def build_enabled() -> Toolkit:
+    """The same app with its targets (inngest, celery) enabled as stubs: rollouts can be set."""
+    return enable(build(), "inngest", "celery")
 
 
 not_a_toolkit = 42

@@ -92,7 +92,7 @@ class Toolkit:
         # A domain of our own: the global OpenFeature default provider stays the host app's.
         self.flag_domain = f"toolkit-{uuid.uuid4().hex[:12]}"
         openfeature_api.set_provider_and_wait(self.provider, self.flag_domain)
-        self.flags = FlagChanges(self.jobs, self.rollouts, self.provider)
+        self.flags = FlagChanges(self.jobs, self.rollouts, self.provider, self.backends)
         self.dispatcher = Dispatcher(
             jobs=self.jobs,
             client=openfeature_api.get_client(self.flag_domain),
@@ -236,14 +236,18 @@ class Toolkit:
         """Route ``percentage`` of the job's keys (sticky per key) to its target backend.
 
         Audited with ``reason``; ``expected_version`` makes it an optimistic edit that fails
-        with ``VersionConflict`` if the rollout changed since it was read.
+        with ``VersionConflict`` if the rollout changed since it was read (without it, a
+        concurrent change is retried on). Above 0 % the job's target must be enabled here
+        (``use_backend``), else ``BackendNotEnabled``. The percentage already in effect changes
+        nothing: no new version, no audit entry, ``changed`` False on the returned view.
         """
         return self.flags.set_percentage(
             job, percentage, reason=reason, actor=actor, expected_version=expected_version
         )
 
     def rollback(self, job: str, *, reason: str, actor: str | None = None) -> RolloutView:
-        """0% at once: new work goes to legacy; runs already in flight finish where they are."""
+        """0% at once: new work goes to legacy; runs already in flight finish where they are.
+        Always wins: a concurrent change is retried on, never reported as a conflict."""
         return self.flags.set_percentage(
             job, 0, reason=reason, actor=actor, action="rollout.rollback"
         )

@@ -64,6 +64,12 @@ class UnknownBackend(InvalidInput):
     code = "unknown_backend"
 
 
+class BackendNotEnabled(InvalidInput):
+    """A rollout above 0 % toward a backend this app never enabled: every run would fall back."""
+
+    code = "backend_not_enabled"
+
+
 class DuplicateJob(InvalidInput):
     code = "duplicate_job"
 

@@ -15,7 +15,8 @@ from tests.cli_app import build
 from toolkit.cli import main
 from toolkit.store.engine import Database
 
-APP = "tests.cli_app:build"
+APP = "tests.cli_app:build_enabled"  # the targets enabled: rollouts above 0 % can be set
+UNCONFIGURED = "tests.cli_app:build"  # inngest and celery not enabled
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -65,7 +66,12 @@ def test_allow_deny_explain(cli_env: str, capsys: pytest.CaptureFixture[str]) ->
     )
     code, out, _ = toolkit(capsys, "rollout", "explain", "prediction-session", "beta", "--json")
     data = json.loads(out)
-    # the target (inngest) is not configured in this app: allowed, but routed to legacy, saying why
+    assert code == 0 and data["allowed"] and data["backend"] == "inngest"
+    # in the app that never enabled the target (inngest): allowed, but routed to legacy, saying why
+    code = main(
+        ["--app", UNCONFIGURED, "rollout", "explain", "prediction-session", "beta", "--json"]
+    )
+    data = json.loads(capsys.readouterr()[0])
     assert code == 0 and data["allowed"] and data["backend"] == "legacy"
     assert "not configured" in data["reason"]
     assert toolkit(capsys, "rollout", "deny", "prediction-session", "beta", "--reason", "b")[0] == 0

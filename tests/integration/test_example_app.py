@@ -9,9 +9,11 @@ from click.testing import CliRunner
 
 from examples.predictions import SESSION_COST, build, demo
 from toolkit.cli import cli
+from toolkit.errors import BackendNotEnabled
 
 
 def test_the_example_app_runs_its_demo_and_the_cli_loads_it(cli_env: str) -> None:
+    """A rollout above 0 % needs its target enabled (TOOLKIT_BACKENDS), as the module says."""
     tk = build()
     try:
         demo(tk, users=3)
@@ -33,7 +35,9 @@ def test_the_example_app_runs_its_demo_and_the_cli_loads_it(cli_env: str) -> Non
     listed = CliRunner().invoke(cli, [*app, "runs", "list", "--json"])
     assert listed.exit_code == 0, listed.output
     assert len(json.loads(listed.output)) == 4
-    moved = CliRunner().invoke(
-        cli, [*app, "rollout", "set", "prediction-session", "10", "--reason", "canary"]
-    )
+    canary = [*app, "rollout", "set", "prediction-session", "10", "--reason", "canary"]
+    refused = CliRunner().invoke(cli, canary)  # the target (inngest) is not enabled
+    assert isinstance(refused.exception, BackendNotEnabled), refused.output
+    enabled = {"TOOLKIT_BACKENDS": "inngest", "INNGEST_DEV": "1"}
+    moved = CliRunner(env=enabled).invoke(cli, canary)
     assert moved.exit_code == 0, moved.output

@@ -19,6 +19,7 @@ from sqlalchemy import insert, select
 
 import toolkit.rollout.controller
 from tests.report_fixture import Seed, arm, insert_runs, last_audit
+from tests.support.stub_backend import enable
 from toolkit import Toolkit
 from toolkit.cli import main
 from toolkit.cli.rollout_plan import controller as wired
@@ -47,6 +48,8 @@ def register(tk: Toolkit, plan: RolloutPlan = PLAN) -> None:
     @tk.job(JOB, target="inngest", rollout=plan)
     def session(ctx: object, payload: object) -> None:
         return None
+
+    enable(tk, "inngest")  # a rollout above 0 % needs its target enabled
 
 
 def build_app() -> Toolkit:
@@ -154,10 +157,10 @@ def test_step_began_reads_the_audit_log_a_page_at_a_time(tk: Toolkit) -> None:
     began = wired(tk).state(JOB).step_began
     for i in range(7):
         tk.set_listed(JOB, f"tester-{i}", which="allow", reason="beta")
-    tk.set_rollout(JOB, 10, reason="same value")  # not a move
+    tk.set_rollout(JOB, 10, reason="same value")  # a no-op: not a move, and not audited
     flag = tk.jobs.get(JOB).flag_key
     entries = list(tk.audit.newest(flag, action_prefix="rollout.", page=3))
-    assert len(entries) == 9 and [e.id for e in entries] == sorted(
+    assert len(entries) == 8 and [e.id for e in entries] == sorted(
         (e.id for e in entries), reverse=True
     )
     assert {e.target for e in entries} == {flag}
@@ -398,8 +401,9 @@ def test_cli_advance_refuses_then_advances(
     code, out, err = run(capsys, "rollout", "advance", JOB, "--json")
     assert code == 1 and json.loads(out)["verdict"] == "FAIL"
     assert err.startswith("error: advance refused, gates failing: success rate: new 50.0%")
-    code, out, err = run(capsys, "rollout", "gates", JOB)
-    assert code == 0 and "success rate" in out and "FAIL" in out
+    code, out, err = run(capsys, "rollout", "gates", JOB)  # FAIL exits 1, as documented
+    assert code == 1 and "success rate" in out and "FAIL" in out
+    assert err.startswith("error: gates failing for") and err.count("\n") == 1
     code, out, err = run(capsys, "rollout", "advance", JOB, "--force", "--reason", "drill")
     assert code == 0 and "forced" in out and "10% → 50%" in out, err
     code, out, _ = run(capsys, "audit", "--json")

@@ -45,6 +45,11 @@ class BaseBackend:
         """Run to a final state in this process: the shared lifecycle, for any transport."""
         return self.runtime.execute(run_id)
 
+    def problem(self) -> str | None:
+        """A missing setting that makes every hand-over fail (and fall back), named for people;
+        None when the backend can take work. ``rollout explain`` reports it."""
+        return None
+
     def close(self, *, wait: bool = True) -> None:
         """Release resources; with ``wait`` in-flight work drains first."""
 

@@ -3,6 +3,7 @@ gates, advance, pause, resume, watch (:mod:`toolkit.cli.rollout_plan`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -103,9 +104,21 @@ def status(obj: CliContext, job: str | None, as_json: bool) -> None:
     )
 
 
-def _show(v: RolloutView, verb: str) -> None:
+_JSON = click.option("--json", "as_json", is_flag=True, help="The resulting rollout as JSON.")
+
+
+def written(job: str, v: RolloutView) -> dict[str, Any]:
+    """A write command's ``--json``: the resulting rollout, raw values, and whether it changed."""
+    return {"job": job, **v.as_dict(), "changed": v.changed}
+
+
+def _show(job: str, v: RolloutView, verb: str, as_json: bool) -> None:
+    if as_json:
+        emit_json(written(job, v))
+        return
+    head = f"[green]{verb}[/]" if v.changed else "[dim]unchanged[/] (already so)"
     console().print(
-        f"[green]{verb}[/] {v.flag_key}: {percentage(v.percentage)} "
+        f"{head} {v.flag_key}: {percentage(v.percentage)} "
         f"({'killed' if v.killed else 'active'}, version {v.version})"
     )
 
@@ -121,6 +134,7 @@ def _show(v: RolloutView, verb: str) -> None:
     default=None,
     help="Fail unless the rollout is at this version (optimistic lock).",
 )
+@_JSON
 @pass_ctx
 def set_(
     obj: CliContext,
@@ -129,12 +143,13 @@ def set_(
     reason: str,
     actor: str | None,
     expect_version: int | None,
+    as_json: bool,
 ) -> None:
     """Route PERCENT (0-100, two decimals) of JOB's keys to its new backend."""
     view = obj.toolkit.set_rollout(
         job, percent, reason=reason, actor=actor, expected_version=expect_version
     )
-    _show(view, "set")
+    _show(job, view, "set", as_json)
 
 
 @group.command("rollback")
@@ -164,12 +179,15 @@ def _listed(which: str, present: bool):  # type: ignore[no-untyped-def]
     @click.argument("key")
     @_REASON
     @_ACTOR
+    @_JSON
     @pass_ctx
-    def command(obj: CliContext, job: str, key: str, reason: str, actor: str | None) -> None:
+    def command(
+        obj: CliContext, job: str, key: str, reason: str, actor: str | None, as_json: bool
+    ) -> None:
         view = obj.toolkit.set_listed(
             job, key, which=which, present=present, reason=reason, actor=actor
         )
-        _show(view, f"{verb} {key!r} on")
+        _show(job, view, f"{verb} {key!r} on", as_json)
 
     effect = "always the new backend" if which == "allow" else "always legacy"
     command.__doc__ = (
@@ -189,20 +207,22 @@ for _which in ("allow", "deny"):
 @click.argument("job")
 @_REASON
 @_ACTOR
+@_JSON
 @pass_ctx
-def kill(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
+def kill(obj: CliContext, job: str, reason: str, actor: str | None, as_json: bool) -> None:
     """Everything to legacy, allow list included, until unkilled."""
-    _show(obj.toolkit.set_killed(job, True, reason=reason, actor=actor), "killed")
+    _show(job, obj.toolkit.set_killed(job, True, reason=reason, actor=actor), "killed", as_json)
 
 
 @group.command("unkill")
 @click.argument("job")
 @_REASON
 @_ACTOR
+@_JSON
 @pass_ctx
-def unkill(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
+def unkill(obj: CliContext, job: str, reason: str, actor: str | None, as_json: bool) -> None:
     """Lift a kill; the percentage and lists apply again."""
-    _show(obj.toolkit.set_killed(job, False, reason=reason, actor=actor), "unkilled")
+    _show(job, obj.toolkit.set_killed(job, False, reason=reason, actor=actor), "unkilled", as_json)
 
 
 @group.command("explain")
@@ -225,6 +245,15 @@ def explain(obj: CliContext, job: str, key: str, as_json: bool) -> None:
             allowed=key in view.allow,
             denied=key in view.deny,
         )
+    backend = tk.backends.get(route.backend)
+    problem = backend.problem() if backend is not None else None
+    if problem is not None:  # enabled but misconfigured: every hand-over fails
+        falls_back = tk.jobs.get(job).fallback == LEGACY
+        lands = LEGACY if falls_back else route.backend
+        then = "falls back to legacy" if falls_back else "fails (fallback='fail')"
+        why = f"backend {route.backend!r} is misconfigured, every run {then}: {problem}"
+        data.update(backend=lands, reason=why, error=problem)
+        route = replace(route, backend=lands, reason=why, error=problem)
     if as_json:
         emit_json(data)
         return

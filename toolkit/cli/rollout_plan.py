@@ -3,14 +3,20 @@ aftermath of a rollback. Registered on the ``rollout`` group by :mod:`toolkit.cl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime
+from decimal import Decimal
 
 import click
 
 from toolkit.app import Toolkit
 from toolkit.cli.context import CliContext, pass_ctx
-from toolkit.cli.render import console, emit_json, percentage, status, table, when
+from toolkit.cli.render import console, emit_json, err_console, percentage, status, table, when
 from toolkit.cli.report import gates_table, verdict
 from toolkit.config import parse_duration
 from toolkit.rollout.controller import (
@@ -22,7 +28,7 @@ from toolkit.rollout.controller import (
     StepEvaluation,
     Tick,
 )
-from toolkit.rollout.gates import Action, step_text
+from toolkit.rollout.gates import Action, Verdict, step_text
 from toolkit.store.models import utcnow
 
 
@@ -69,10 +75,16 @@ def render_evaluation(ev: StepEvaluation) -> None:
 def render_rollback(result: RollbackResult, verb: str) -> None:
     """Print the move, what is left draining on the new backend, and the clean-up commands."""
     out = console()
-    out.print(
-        f"[green]{verb}[/] {result.job}: {step_text(result.before)} → "
-        f"{percentage(result.view.percentage)} (version {result.view.version})"
-    )
+    if result.view.changed:
+        out.print(
+            f"[green]{verb}[/] {result.job}: {step_text(result.before)} → "
+            f"{percentage(result.view.percentage)} (version {result.view.version})"
+        )
+    else:
+        out.print(
+            f"[dim]unchanged[/] {result.job}: already at {percentage(result.view.percentage)} "
+            f"(version {result.view.version})"
+        )
     if not result.in_flight:
         out.print("nothing in flight on the new backend.")
     for backend, counts in sorted(result.in_flight.items()):
@@ -115,6 +127,9 @@ def gates(obj: CliContext, job: str, as_json: bool) -> None:
         emit_json(ev.as_dict())
     else:
         render_evaluation(ev)
+    if ev.verdict is Verdict.FAIL:  # scripts and CI read the exit code (1), as documented
+        failing = "; ".join(f"{g.name}: {g.number}" for g in ev.result.failing())
+        raise GatesFailed(f"gates failing for {job}: {failing}", ev)
 
 
 @click.command("advance")
@@ -155,11 +170,16 @@ def _hold(paused: bool):  # type: ignore[no-untyped-def]
     @click.argument("job")
     @_REASON
     @_ACTOR
+    @_JSON
     @pass_ctx
-    def command(obj: CliContext, job: str, reason: str, actor: str | None) -> None:
+    def command(obj: CliContext, job: str, reason: str, actor: str | None, as_json: bool) -> None:
         view = controller(obj.toolkit).set_paused(job, paused, reason=reason, actor=actor)
+        if as_json:
+            emit_json({"job": job, **view.as_dict(), "changed": view.changed})
+            return
+        head = f"[green]{verb}d[/]" if view.changed else "[dim]unchanged[/] (already so)"
         console().print(
-            f"[green]{verb}d[/] {job}: {percentage(view.percentage)} "
+            f"{head} {job}: {percentage(view.percentage)} "
             f"({'paused' if view.paused else 'not paused'}, version {view.version})"
         )
 
@@ -183,6 +203,42 @@ def _tick_line(tick: Tick) -> str:
     detail = "; ".join(f"{g.name}: {g.number}" for g in worst) or "all gates pass"
     streak = f" [red](failing {tick.streak} in a row)[/]" if tick.streak else ""
     return f"{head}{streak} [dim]{detail}[/]"
+
+
+class _Terminated(Exception):
+    """SIGTERM (systemd, Kubernetes) during watch: stop as cleanly as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`_Terminated` while watching (main thread only: signal handlers
+    can only be set there), then restore the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def emit_json_line(data: object) -> None:
+    """One compact JSON object per line (``watch --json``), flushed for a reader's pipe."""
+    click.echo(json.dumps(data, default=_plain, separators=(",", ":")))
+    sys.stdout.flush()
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    return str(value)
 
 
 @click.command("watch")
@@ -224,12 +280,12 @@ def watch(
     def on_tick(tick: Tick) -> None:
         seen["evaluations"] = tick.number
         if as_json:
-            emit_json(
+            emit_json_line(
                 {
                     "evaluation": tick.number,
                     "action": tick.action.value,
                     "streak": tick.streak,
-                    "advanced_to": float(tick.advanced_to) if tick.advanced_to else None,
+                    "advanced_to": tick.advanced_to,  # a Decimal: a number in the JSON
                     **tick.evaluation.as_dict(),
                 }
             )
@@ -237,24 +293,27 @@ def watch(
             out.print(_tick_line(tick))
 
     try:
-        result = ctl.watch(
-            job,
-            interval=seconds,
-            auto_advance=auto_advance,
-            failures=failures,
-            max_evaluations=max_evaluations,
-            actor=actor,
-            on_tick=on_tick,
-        )
-    except KeyboardInterrupt:
-        out.print(
-            f"watch stopped (Ctrl-C) after {seen['evaluations']} evaluations; "
+        with _stopped_by_sigterm():
+            result = ctl.watch(
+                job,
+                interval=seconds,
+                auto_advance=auto_advance,
+                failures=failures,
+                max_evaluations=max_evaluations,
+                actor=actor,
+                on_tick=on_tick,
+            )
+    except (KeyboardInterrupt, _Terminated) as exc:
+        how = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C"
+        # stderr under --json, so stdout stays one JSON object per line
+        (err_console() if as_json else out).print(
+            f"watch stopped ({how}) after {seen['evaluations']} evaluations; "
             f"{job} stays where it is."
         )
         return
     if result.rollback is not None:
         if as_json:
-            emit_json(result.rollback.as_dict())
+            emit_json_line(result.rollback.as_dict())
         else:
             if result.last is not None:
                 render_evaluation(result.last)

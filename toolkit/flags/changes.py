@@ -8,24 +8,37 @@ Both the Toolkit's API and the rollout controller change flags through it.
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 from openfeature.provider import FeatureProvider
 
+from toolkit.config import LEGACY
+from toolkit.errors import BackendNotEnabled
 from toolkit.flags.provider import RolloutProvider
 from toolkit.jobs import JobRegistry, JobSpec
 from toolkit.store.audit import default_actor
 from toolkit.store.models import RolloutState
-from toolkit.store.rollouts import RolloutStore, RolloutView
+from toolkit.store.rollouts import RolloutStore, RolloutView, parse_percentage
 
 
 class FlagChanges:
-    """Every rollout change of the jobs in ``jobs``, written by ``rollouts``."""
+    """Every rollout change of the jobs in ``jobs``, written by ``rollouts``.
+
+    ``backends`` are the names this app enabled (the Toolkit's live mapping): a percentage above
+    0 toward any other backend is refused, since every run would silently fall back to legacy.
+    """
 
     def __init__(
-        self, jobs: JobRegistry, rollouts: RolloutStore, provider: FeatureProvider | None
+        self,
+        jobs: JobRegistry,
+        rollouts: RolloutStore,
+        provider: FeatureProvider | None,
+        backends: Container[str] | None = None,
     ) -> None:
         self._jobs = jobs
         self._rollouts = rollouts
         self._provider = provider
+        self._backends = backends
 
     def view(self, job: str) -> RolloutView:
         """The job's rollout as stored now (0 % with the job's target when never set)."""
@@ -43,8 +56,11 @@ class FlagChanges:
         action: str = "rollout.set",
     ) -> RolloutView:
         """Route ``percentage`` of the job's keys to its target; ``action`` names the audit
-        entry (``rollout.rollback``, ``rollout.advance``...)."""
+        entry (``rollout.rollback``, ``rollout.advance``...). Above 0 % the job's target must
+        be enabled in this app (:class:`BackendNotEnabled` otherwise, nothing changed)."""
         spec = self._jobs.get(job)
+        if parse_percentage(percentage) > 0:
+            self.check_enabled(spec)
         view = self._rollouts.set_percentage(
             spec.flag_key,
             percentage,
@@ -105,6 +121,17 @@ class FlagChanges:
             on_variant=spec.target,
             actor=actor or default_actor(),
             reason=reason,
+        )
+
+    def check_enabled(self, spec: JobSpec) -> None:
+        """Refuse to route work to a target this app never enabled (``tk.use_backend``)."""
+        target = spec.target
+        if self._backends is None or target == LEGACY or target in self._backends:
+            return
+        raise BackendNotEnabled(
+            f"job {spec.name!r} targets backend {target!r}, which this app has not enabled: "
+            f"every run would go to legacy. Enable it in the app (tk.use_backend({target!r})) "
+            "first; nothing was changed"
         )
 
     def _changed(self, view: RolloutView) -> RolloutView:

@@ -190,10 +190,11 @@ class RolloutController:
         actor: str | None = None,
     ) -> Moved:
         """To the plan's next step if the gates pass (from 0 % without gates), as an optimistic
-        edit. Refuses a killed or paused rollout; FAIL or INCONCLUSIVE gates refuse too, unless
-        ``force`` (with a reason)."""
+        edit. Refuses a target backend this app has not enabled (exit 2), a killed or paused
+        rollout; FAIL or INCONCLUSIVE gates refuse too, unless ``force`` (with a reason)."""
         if force and not (reason and reason.strip()):
             raise InvalidInput("--force needs --reason: an override is audited with its why")
+        self._flags.check_enabled(self._jobs.get(job))  # before any gate: nothing to move to
         state = self.state(job)
         if state.view.killed:
             raise RolloutKilled(f"rollout of {job!r} is killed: unkill it before advancing")
@@ -247,8 +248,10 @@ class RolloutController:
     def rollback(
         self, job: str, *, reason: str, actor: str | None = None, ramp: bool = False
     ) -> RollbackResult:
-        """0 % at once (``ramp``: the previous step), unconditionally, whatever the version;
-        returns what is still in flight on the new backend and the commands to clean it up."""
+        """0 % at once (``ramp``: the previous step), unconditionally: a concurrent change is
+        retried on, never reported as a conflict (the store retries writes without an expected
+        version). Already at 0 % it changes nothing (``view.changed`` is False). Returns what is
+        still in flight on the new backend and the commands to clean it up."""
         state = self.state(job)
         if ramp:
             view = self._set(

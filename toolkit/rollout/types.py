@@ -74,11 +74,21 @@ class StepEvaluation:
         return self.result.verdict
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: the plan state, the window and the gates."""
+        """JSON-ready: the plan state, the window and the gates, each gate's figures as raw
+        numbers (the table renders them; a script should not parse display text)."""
         return {
             **self.state.as_dict(),
             "window": self.window.as_dict(),
-            **self.result.as_dict(),
+            "verdict": self.verdict.value,
+            "gates": [
+                {
+                    "gate": g.name,
+                    "rule": g.key,
+                    "verdict": g.verdict.value,
+                    **{k: v for k, v in g.detail.items() if k != "text"},
+                }
+                for g in self.result.gates
+            ],
         }
 
 
@@ -119,6 +129,8 @@ class RollbackResult:
             "from": float(self.before),
             "to": float(self.view.percentage),
             "version": self.view.version,
+            "changed": self.view.changed,
+            "rollout": self.view.as_dict(),
             "in_flight": self.in_flight,
             "runs": [
                 {

@@ -1,10 +1,14 @@
-"""Rollout rows: validated, optimistically versioned, every change audited in its transaction."""
+"""Rollout rows: validated, optimistically versioned, every change audited in its transaction.
+
+A change already in effect writes nothing (no version, no audit entry); a change without an
+expected version is retried on a concurrent one, so a rollback never reports a conflict."""
 
 from __future__ import annotations
 
-import math
+import re
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -20,16 +24,32 @@ from toolkit.store.engine import Database
 from toolkit.store.models import Rollout, RolloutState, utcnow
 
 _HUNDRED = Decimal(100)
+#: Tries of a change without ``expected_version`` before a conflict is reported.
+CHANGE_ATTEMPTS = 8
+
+
+# What a person types: ASCII digits, at most one point, an optional % sign. No underscores
+# (``1_0``), exponents, signs, other digits, ``nan`` or ``inf``, which Decimal would accept.
+_PLAIN_NUMBER = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)%?")
 
 
 def parse_percentage(value: object) -> Decimal:
-    """0-100 with at most two decimals; anything else is an error that changes nothing."""
+    """0-100 with at most two decimals, written as a person writes it; anything else is an
+    error that changes nothing."""
     if isinstance(value, bool):
         raise InvalidPercentage(f"invalid percentage {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, str):
+        if not _PLAIN_NUMBER.fullmatch(value.strip()):
+            raise InvalidPercentage(
+                f"invalid percentage {value!r}: must be a number from 0 to 100, like 12.5"
+            )
+        text = value.strip().removesuffix("%")
+    elif isinstance(value, int | float | Decimal):
+        text = str(value)
+    else:
         raise InvalidPercentage(f"invalid percentage {value!r}: must be a number from 0 to 100")
     try:
-        pct = Decimal(str(value).strip().removesuffix("%"))
+        pct = Decimal(text)
     except (InvalidOperation, ValueError):
         raise InvalidPercentage(
             f"invalid percentage {value!r}: must be a number from 0 to 100"
@@ -64,6 +84,8 @@ class RolloutView:
     updated_at: datetime | None
     updated_by: str | None
     paused: bool = False  # the rollout plan's hold; routing ignores it
+    #: False when the change asked for was already in effect: nothing written, nothing audited.
+    changed: bool = field(default=True, compare=False)
 
     @property
     def basis_points(self) -> int:
@@ -90,6 +112,18 @@ class RolloutView:
             updated_at=r.updated_at,
             updated_by=r.updated_by,
             paused=bool(r.paused),
+        )
+
+    def settings(self) -> tuple[object, ...]:
+        """What a change can change (not the version or who made it): equal means a no-op."""
+        return (
+            self.percentage,
+            self.state,
+            self.on_variant,
+            self.off_variant,
+            self.allow,
+            self.deny,
+            self.paused,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -234,8 +268,35 @@ class RolloutStore:
         expected_version: int | None,
         change: Callable[[RolloutView], RolloutView],
     ) -> RolloutView:
+        """Apply ``change`` to the stored rollout. Without ``expected_version`` a concurrent
+        change is retried on the new value (a rollback must win, not ask the operator to retry);
+        with it, the conflict is the caller's answer. A change already in effect writes nothing."""
         if not reason or not reason.strip():
             raise InvalidInput("a reason is required for every rollout change")
+        for attempt in range(CHANGE_ATTEMPTS):
+            try:
+                return self._change_once(
+                    flag_key, on_variant, actor, reason, action, expected_version, change
+                )
+            except VersionConflict:
+                if expected_version is not None:
+                    raise
+                time.sleep(0.005 * (attempt + 1))  # let the other writer commit
+        raise VersionConflict(
+            f"rollout {flag_key!r} changed concurrently {CHANGE_ATTEMPTS} times in a row: "
+            "nothing was changed, run the command again"
+        )
+
+    def _change_once(
+        self,
+        flag_key: str,
+        on_variant: str,
+        actor: str,
+        reason: str,
+        action: str,
+        expected_version: int | None,
+        change: Callable[[RolloutView], RolloutView],
+    ) -> RolloutView:
         try:
             with self._db.transaction() as s:
                 row = s.get(Rollout, flag_key)
@@ -246,6 +307,8 @@ class RolloutStore:
                         f"not {expected_version}: re-read it and retry"
                     )
                 after = change(before)
+                if after.settings() == before.settings():
+                    return replace(before, changed=False)
                 after = replace(after, version=before.version + 1, updated_by=actor)
                 self._write(s, before, after)
                 audit.record(

@@ -121,6 +121,9 @@ class InngestBackend(BaseBackend):
                 f"job {run.job.name!r} targets {run.job.target!r}: it has no Inngest function"
             )
         self.functions()  # a job Inngest cannot register fails here, before any event is sent
+        missing = self.problem()
+        if missing is not None:  # the SDK would raise EventKeyUnspecifiedError with no message
+            raise InngestSendError(f"run {run.run_id} not sent to Inngest: {missing}")
         try:
             self.client.send_sync(self.event(run))
         except Exception as exc:  # any failure to hand over triggers the fallback
@@ -128,6 +131,16 @@ class InngestBackend(BaseBackend):
                 f"the Inngest event API at {self.client.event_api_origin} did not take run "
                 f"{run.run_id}: {self._redact(describe(exc))}"
             ) from exc
+
+    def problem(self) -> str | None:
+        """Production mode (the SDK's default) sends events with the event key: without one,
+        every send fails. The dev server needs none."""
+        if self.client.is_production and not self.client.event_key:
+            return (
+                "no Inngest event key: set INNGEST_EVENT_KEY (or pass event_key=), "
+                "or INNGEST_DEV=1 to send to the dev server"
+            )
+        return None
 
     def _redact(self, text: str) -> str:
         for secret in (self.client.event_key, self.client.signing_key):
