@@ -11,6 +11,8 @@ from toolkit.errors import InvalidDuration, InvalidInput
 
 #: The backend every job has: the old inline executor, the flag's "off" variant.
 LEGACY = "legacy"
+#: The distribution on PyPI (the import package and the command stay ``toolkit``).
+DISTRIBUTION = "flagshift-toolkit"
 #: Where the Inngest serve route is mounted unless told otherwise (the SDK's convention).
 SERVE_PATH = "/api/inngest"
 

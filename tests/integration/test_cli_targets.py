@@ -10,6 +10,7 @@ import click
 import pytest
 
 from toolkit.cli import cli, main
+from toolkit.config import DISTRIBUTION
 
 APP = "tests.cli_app:build"
 
@@ -139,7 +140,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     from importlib.metadata import version
 
     code, out, _ = run(capsys, "--version")
-    assert code == 0 and out.strip() == f"toolkit {version('toolkit')}"
+    assert code == 0 and out.strip() == f"toolkit {version(DISTRIBUTION)}"
 
 
 def test_every_runs_list_option_has_help() -> None:

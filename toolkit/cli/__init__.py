@@ -15,7 +15,7 @@ import click
 
 from toolkit.cli.context import CliContext
 from toolkit.cli.render import print_error
-from toolkit.config import APP_ENV, DATABASE_URL_ENV
+from toolkit.config import APP_ENV, DATABASE_URL_ENV, DISTRIBUTION
 from toolkit.errors import EXIT_FAILURE, EXIT_USAGE, ToolkitError
 
 
@@ -24,7 +24,7 @@ from toolkit.errors import EXIT_FAILURE, EXIT_USAGE, ToolkitError
     None,
     "--version",
     "-V",
-    package_name="toolkit",
+    package_name=DISTRIBUTION,
     prog_name="toolkit",
     message="%(prog)s %(version)s",
 )
