@@ -220,3 +220,12 @@ def test_grant_is_audited(cli_env: str, capsys: pytest.CaptureFixture[str]) -> N
     ]
     assert entries[1]["after"] == {"account": "acct-1", "amount": 25, "balance": 25}
     assert entries[1]["reason"] == "welcome"
+
+
+def test_write_commands_answer_in_json(cli_env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``credits grant`` and ``db upgrade`` print one JSON object with ``--json``, as every
+    other command does."""
+    code, out, _ = run(capsys, "credits", "grant", "acct-json", "7", "--json")
+    assert code == 0 and json.loads(out) == {"account": "acct-json", "granted": 7, "balance": 7}
+    code, out, _ = run(capsys, "db", "upgrade", "--json")
+    assert code == 0 and json.loads(out)["revision"] == "head"

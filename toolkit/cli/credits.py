@@ -18,12 +18,21 @@ def group() -> None:
 @click.argument("amount", type=int)
 @click.option("--reason", default=None, help="Why, kept in the ledger and the audit log.")
 @click.option("--actor", default=None, help="Who (default $TOOLKIT_ACTOR or the OS user).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @pass_ctx
 def grant(
-    obj: CliContext, account: str, amount: int, reason: str | None, actor: str | None
+    obj: CliContext,
+    account: str,
+    amount: int,
+    reason: str | None,
+    actor: str | None,
+    as_json: bool,
 ) -> None:
     """Add AMOUNT credits (1 to 2**53-1) to ACCOUNT; audited as credits.grant."""
     balance = obj.toolkit.credits.grant(account, amount, reason=reason, actor=actor)
+    if as_json:
+        emit_json({"account": account, "granted": amount, "balance": balance})
+        return
     console().print(f"[green]granted {amount}[/] to {account}; balance {balance}")
 
 

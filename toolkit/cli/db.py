@@ -16,12 +16,16 @@ def group() -> None:
 @click.option(
     "--revision", default="head", show_default=True, help="Target revision id, or 'head'."
 )
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @pass_ctx
-def upgrade(obj: CliContext, revision: str) -> None:
+def upgrade(obj: CliContext, revision: str, as_json: bool) -> None:
     """Apply the toolkit's migrations (tables prefixed toolkit_); creates a SQLite file."""
     tk = obj.open(create=True)
     _check_revision(tk.db.alembic_config(), revision)
     tk.db.migrate(revision)
+    if as_json:
+        emit_json({"revision": revision, "dialect": tk.db.sql.name})
+        return
     console().print(f"[green]database at {revision}[/] ({tk.db.sql.name})")
 
 
