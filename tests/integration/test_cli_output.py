@@ -62,6 +62,7 @@ COMMANDS = [
     ["refund"],
     ["cleanup", "orphans"],
     ["recover"],
+    ["rollout", "status"],
 ]
 
 
@@ -86,6 +87,8 @@ def test_tables_fit_the_width_and_short_ids_resolve(
     for line in lines:
         for fragment in re.findall(r"\b(?:QUEU|RUNN|COMPL|FAIL|CANCEL)[A-Z]*\b", line):
             assert fragment in STATUSES, (fragment, out)
+    for name in seeded.jobs.names() if args == ["rollout", "status"] else ():
+        assert name in out, out  # a job name is never broken across lines
     shown = [m for line in lines for m in HEX.findall(line)]
     if args[0] in ("runs", "refund", "cleanup", "recover"):
         assert shown, out

@@ -11,7 +11,7 @@ import click
 from toolkit.app import Toolkit
 from toolkit.cli import rollout_plan
 from toolkit.cli.context import CliContext, pass_ctx
-from toolkit.cli.render import console, emit_json, percentage, table
+from toolkit.cli.render import Col, console, emit_json, fit, percentage
 from toolkit.config import LEGACY
 from toolkit.flags.bucketing import bucket
 from toolkit.flags.provider import RolloutProvider
@@ -69,39 +69,35 @@ def status(obj: CliContext, job: str | None, as_json: bool) -> None:
         ]
         return ", ".join(parts) or "[dim]none[/]"
 
-    console().print(
-        table(
-            "Rollouts",
-            [
-                "job",
-                "target",
-                "rollout",
-                "state",
-                "allow",
-                "deny",
-                "version",
-                "updated",
-                "in flight",
-            ],
-            [
-                (
-                    name,
-                    target,
-                    percentage(v.percentage),
-                    ("[bold red]killed[/]" if v.killed else "active")
-                    + (" [yellow]paused[/]" if v.paused else ""),
-                    len(v.allow),
-                    len(v.deny),
-                    v.version,
-                    f"{v.updated_by or '-'} {v.updated_at:%Y-%m-%d %H:%M}"
-                    if v.updated_at
-                    else "[dim]never[/]",
-                    drain(name),
-                )
-                for name, target, v in views
-            ],
+    columns = [
+        Col("job"),
+        Col("target"),
+        Col("rollout", justify="right"),
+        Col("state"),
+        Col("in flight", fold=True, width=16),
+        Col("ver", justify="right", drop=2),
+        Col("allow", justify="right", drop=3),
+        Col("deny", justify="right", drop=3),
+        Col("updated", fold=True, width=16, drop=1),
+    ]
+    rows = [
+        (
+            name,
+            target,
+            percentage(v.percentage),
+            ("[bold red]killed[/]" if v.killed else "active")
+            + (" [yellow]paused[/]" if v.paused else ""),
+            drain(name),
+            v.version,
+            len(v.allow),
+            len(v.deny),
+            f"{v.updated_by or '-'} {v.updated_at:%Y-%m-%d %H:%M}"
+            if v.updated_at
+            else "[dim]never[/]",
         )
-    )
+        for name, target, v in views
+    ]
+    console().print(fit("Rollouts", columns, rows))
 
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="The resulting rollout as JSON.")
