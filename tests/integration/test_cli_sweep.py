@@ -339,3 +339,34 @@ def test_malformed_url_is_refused(
 ) -> None:
     monkeypatch.setenv("TOOLKIT_DATABASE_URL", url)
     run_bad(capsys, BASE[command], sweep_db)
+
+
+def _pg_subset() -> Iterator[object]:
+    """One hostile and one empty value per command with a name slot: the PostgreSQL leg."""
+    for command, slots in sorted(SLOTS.items()):
+        for slot, values in slots.items():
+            for value in values:
+                if value in (HOSTILE[0], HOSTILE[1], "") and (command, slot, value) not in (
+                    ROLLOUT_BUGS
+                ):
+                    yield pytest.param(
+                        _replace(BASE[command], slot, value),
+                        id=f"{' '.join(command)} {slot}={value!r}",
+                    )
+                    break
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("argv", list(_pg_subset()))
+def test_bad_input_on_postgres(
+    pg_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    """NUL bytes and quotes reach PostgreSQL differently from SQLite: still exit 2, no change."""
+    monkeypatch.setenv("TOOLKIT_DATABASE_URL", pg_url)
+    monkeypatch.setenv("TOOLKIT_ACTOR", "tester")
+    monkeypatch.chdir(ROOT)
+    assert main(["--app", APP, "rollout", "set", JOB, "0", "--reason", "seed"]) == 0
+    run_bad(capsys, argv, pg_url)

@@ -121,8 +121,8 @@ def test_exit_code_tables_match_errors() -> None:
         errors.DatabaseError,
     ):
         assert cls.exit_code == errors.EXIT_FAILURE, cls
-    for cls in (errors.UnknownJob, errors.InvalidDuration, errors.InvalidInput):
-        assert cls.exit_code == errors.EXIT_USAGE, cls
+    for bad in (errors.UnknownJob, errors.InvalidDuration, errors.InvalidInput):
+        assert bad.exit_code == errors.EXIT_USAGE, bad
     for text in ((ROOT / "README.md").read_text(), (ROOT / "docs" / "operations.md").read_text()):
         assert re.search(r"\*?\*?`?0`?\*?\*? (success|done)", text)
         assert re.search(r"\*?\*?`?2`?\*?\*? bad", text)
