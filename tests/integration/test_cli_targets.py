@@ -139,7 +139,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     from importlib.metadata import version
 
     code, out, _ = run(capsys, "--version")
-    assert code == 0 and out.strip() == f"toolkit {version('toolkit')}"
+    assert code == 0 and out.strip() == f"toolkit {version('flagshift-toolkit')}"
 
 
 def test_every_runs_list_option_has_help() -> None:

@@ -24,7 +24,7 @@ from toolkit.errors import EXIT_FAILURE, EXIT_USAGE, ToolkitError
     None,
     "--version",
     "-V",
-    package_name="toolkit",
+    package_name="flagshift-toolkit",  # the distribution name (pyproject), not the import name
     prog_name="toolkit",
     message="%(prog)s %(version)s",
 )
