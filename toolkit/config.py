@@ -27,6 +27,8 @@ MAX_AMOUNT = 2**53 - 1
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+# Longer is a typo, and `now - duration` would overflow datetime (an internal error, not exit 2).
+MAX_DURATION = 100 * 365 * 86400.0
 
 
 def database_url(explicit: str | None = None) -> str:
@@ -44,7 +46,10 @@ def database_url(explicit: str | None = None) -> str:
 
 
 def parse_duration(value: str | int | float | timedelta, *, what: str = "duration") -> float:
-    """Seconds from '15m', '90s', '2h', '1d', '250ms', a number of seconds or a timedelta."""
+    """Seconds from '15m', '90s', '2h', '1d', '250ms', a number of seconds or a timedelta.
+
+    Bounded (0, 100 years]: beyond that a cutoff ``now - duration`` overflows datetime.
+    """
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool):
@@ -60,6 +65,8 @@ def parse_duration(value: str | int | float | timedelta, *, what: str = "duratio
         seconds = float(match.group(1)) * _UNITS[str(match.group(2) or "s")]
     if not seconds > 0 or seconds == float("inf"):
         raise InvalidDuration(f"invalid {what} {value!r}: must be positive")
+    if seconds > MAX_DURATION:
+        raise InvalidDuration(f"invalid {what} {value!r}: must be at most 100 years")
     return seconds
 
 

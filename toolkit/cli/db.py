@@ -48,13 +48,17 @@ def _check_revision(config: object, revision: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @pass_ctx
 def current(obj: CliContext, as_json: bool) -> None:
-    """Show the applied migration revision."""
+    """Show the applied migration revision.
+
+    Through ``Database.connect``: a server that is down is "database unavailable" (exit 1),
+    not an internal error.
+    """
     from alembic.runtime.migration import MigrationContext
 
     from toolkit.store.engine import VERSION_TABLE
 
     tk = obj.toolkit
-    with tk.db.engine.connect() as conn:
+    with tk.db.connect() as conn:
         rev = MigrationContext.configure(
             conn, opts={"version_table": VERSION_TABLE}
         ).get_current_revision()
