@@ -21,7 +21,7 @@ from toolkit.dispatch.handles import (
     DEFAULT_MAX_PAYLOAD_DEPTH,
     PayloadLimits,
 )
-from toolkit.errors import ConfigError, InvalidInput
+from toolkit.errors import ConfigError
 from toolkit.events import Events, Listener, RunEvent
 from toolkit.flags.changes import FlagChanges
 from toolkit.flags.provider import RolloutProvider
@@ -33,7 +33,7 @@ from toolkit.store.credits import Credits
 from toolkit.store.engine import Database
 from toolkit.store.lifecycle import RunStore
 from toolkit.store.records import RunRecords
-from toolkit.store.rollouts import RolloutStore, RolloutView
+from toolkit.store.rollouts import RolloutStore, RolloutView, check_key
 from toolkit.store.runs import RunQueries
 from toolkit.store.sweeps import SweepStore
 
@@ -208,9 +208,7 @@ class Toolkit:
     def route(self, job: str, key: str) -> Route:
         """Which backend ``key`` would get now and why, without dispatching anything; a flag error
         routes to legacy rather than raising."""
-        if not isinstance(key, str) or not key:
-            raise InvalidInput("targeting key must be a non-empty string")
-        return self.dispatcher.route(self.jobs.get(job), key)
+        return self.dispatcher.route(self.jobs.get(job), check_key(key))
 
     def cancel(self, run_id: object, *, reason: str = "cancelled by operator") -> bool:
         """Cancel a QUEUED or RUNNING run and refund its debit; False if it is unknown or already

@@ -21,6 +21,23 @@ _REASON = click.option("--reason", required=True, help="Why: recorded in the aud
 _ACTOR = click.option("--actor", default=None, help="Who (default $TOOLKIT_ACTOR or the OS user).")
 
 
+class _Version(click.ParamType[int]):
+    """A rollout version as a person types it: plain digits (``1_0`` or ``-1`` is a typo)."""
+
+    name = "version"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        text = str(value)
+        if not text.isascii() or not text.isdigit() or len(text) > 10 or int(text) >= 2**31:
+            self.fail(f"{text!r} is not a rollout version (a number from 0)", param, ctx)
+        return int(text)
+
+
+VERSION = _Version()
+
+
 @click.group("rollout")
 def group() -> None:
     """Percentage rollouts of jobs to their new backend."""
@@ -126,7 +143,7 @@ def _show(job: str, v: RolloutView, verb: str, as_json: bool) -> None:
 @_ACTOR
 @click.option(
     "--expect-version",
-    type=int,
+    type=VERSION,
     default=None,
     help="Fail unless the rollout is at this version (optimistic lock).",
 )

@@ -63,9 +63,19 @@ def parse_percentage(value: object) -> Decimal:
     return pct.quantize(Decimal("0.01"))
 
 
-def _check_key(key: object) -> str:
-    if not isinstance(key, str) or not key or len(key) > 200:
-        raise InvalidInput(f"invalid targeting key {key!r}: a non-empty string of at most 200")
+def check_key(key: object) -> str:
+    """A targeting key an operator can type and read back: not blank, no control characters,
+    at most 200 characters."""
+    if (
+        not isinstance(key, str)
+        or not key.strip()
+        or len(key) > 200
+        or any(ord(c) < 32 or ord(c) == 127 for c in key)
+    ):
+        raise InvalidInput(
+            f"invalid targeting key {key!r}: a non-blank string of at most 200 characters, "
+            "without control characters"
+        )
     return key
 
 
@@ -241,7 +251,7 @@ class RolloutStore:
         reason: str,
     ) -> RolloutView:
         """Add or remove ``key`` on the allow or deny list; a key is never on both."""
-        _check_key(key)
+        check_key(key)
         if which not in ("allow", "deny"):
             raise InvalidInput(f"unknown list {which!r}: allow or deny")
         other = "deny" if which == "allow" else "allow"
@@ -273,6 +283,10 @@ class RolloutStore:
         with it, the conflict is the caller's answer. A change already in effect writes nothing."""
         if not reason or not reason.strip():
             raise InvalidInput("a reason is required for every rollout change")
+        if "\x00" in reason:
+            raise InvalidInput("a reason cannot contain a NUL character")
+        if expected_version is not None and not 0 <= expected_version < 2**31:
+            raise InvalidInput(f"--expect-version {expected_version} is not a rollout version")
         for attempt in range(CHANGE_ATTEMPTS):
             try:
                 return self._change_once(
