@@ -564,3 +564,25 @@ def test_report_scorecard_and_advance_agree_on_the_same_runs(
     if credit is Verdict.FAIL:
         with pytest.raises(GatesFailed, match="credit errors"):
             controller(tk, clock=lambda: now).advance(JOB)
+
+
+def test_rollback_lists_the_runs_in_flight_by_short_id_within_80_columns(
+    tk: Toolkit, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What is left draining after a rollback is listed by the short ids ``runs show`` takes,
+    in a table that fits a pipe's 80 columns."""
+    from tests.jobs_fixture import SESSION, Calls, ParkedBackend, register_session_job
+    from toolkit.cli.rollout_plan import controller, render_rollback
+
+    tk.use_backend("parked", ParkedBackend(tk))
+    register_session_job(tk, Calls(), name="parked-job", cost=0, target="parked")
+    tk.set_rollout("parked-job", 100, reason="test")
+    run_ids = [tk.dispatch("parked-job", SESSION).run_id for _ in range(3)]
+    monkeypatch.setenv("COLUMNS", "80")
+    result = controller(tk).rollback("parked-job", reason="stop")
+    render_rollback(result, "rolled back", tk.runs.short_ids)
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    shorts = tk.runs.short_ids(run_ids)
+    assert all(shorts[r] in out and str(r) not in out for r in run_ids), out
+    assert all(tk.runs.resolve(s) == r for r, s in shorts.items())

@@ -8,7 +8,8 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from decimal import Decimal
 
@@ -16,7 +17,16 @@ import click
 
 from toolkit.app import Toolkit
 from toolkit.cli.context import CliContext, pass_ctx
-from toolkit.cli.render import console, emit_json, err_console, percentage, status, table, when
+from toolkit.cli.render import (
+    Col,
+    console,
+    emit_json,
+    err_console,
+    fit,
+    percentage,
+    status,
+    when,
+)
 from toolkit.cli.report import gates_table, verdict
 from toolkit.config import parse_duration
 from toolkit.rollout.controller import (
@@ -72,7 +82,9 @@ def render_evaluation(ev: StepEvaluation) -> None:
     )
 
 
-def render_rollback(result: RollbackResult, verb: str) -> None:
+def render_rollback(
+    result: RollbackResult, verb: str, short: Callable[[Iterable[uuid.UUID]], dict[uuid.UUID, str]]
+) -> None:
     """Print the move, what is left draining on the new backend, and the clean-up commands."""
     out = console()
     if result.view.changed:
@@ -93,11 +105,12 @@ def render_rollback(result: RollbackResult, verb: str) -> None:
             f"{counts['RUNNING']} running"
         )
     if result.runs:
+        ids = short(r.id for r in result.runs)  # short ids: `runs show` takes them
         out.print(
-            table(
+            fit(
                 "In flight on the new backend (they finish where they are)",
-                ["run id", "backend", "status", "created"],
-                [(r.id, r.backend, status(r.status), when(r.created_at)) for r in result.runs],
+                [Col("run"), Col("backend"), Col("status"), Col("created", drop=1)],
+                [(ids[r.id], r.backend, status(r.status), when(r.created_at)) for r in result.runs],
             )
         )
     out.print("next (each is a dry run until --apply):")
@@ -113,7 +126,9 @@ def rollback_command(
     if as_json:
         emit_json(result.as_dict())
     else:
-        render_rollback(result, "ramped down" if ramp else "rolled back")
+        render_rollback(
+            result, "ramped down" if ramp else "rolled back", obj.toolkit.runs.short_ids
+        )
 
 
 @click.command("gates")
@@ -317,7 +332,7 @@ def watch(
         else:
             if result.last is not None:
                 render_evaluation(result.last)
-            render_rollback(result.rollback, "rolled back")
+            render_rollback(result.rollback, "rolled back", obj.toolkit.runs.short_ids)
         raise RolledBack(
             f"watch rolled {job} back from {step_text(result.rollback.before)} after {failures} "
             f"consecutive failing evaluations"
