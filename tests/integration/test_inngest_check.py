@@ -117,3 +117,16 @@ def test_serve_bad_input_is_exit_2(snapshot: Path, capsys: pytest.CaptureFixture
     assert main(["serve"]) == 2 and "--app" in capsys.readouterr().err
     assert main(["--app", APP, "serve", "--port", "0"]) == 2
     assert "--port" in capsys.readouterr().err
+
+
+def test_check_tables_fit_80_columns_without_breaking_a_function_id(
+    snapshot: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert check(capsys, "--snapshot", str(snapshot), "--write-snapshot")[0] == 0
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("TEST_BATCH_TIMEOUT", "2h")  # drift: the second table too
+    code, out, _ = check(capsys, "--snapshot", str(snapshot))
+    assert code == 1 and "Drift" in out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    for function in ("check-app-predict", "check-app-daily-batch-cancelled"):
+        assert function in out, out  # whole on one line, never folded

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from toolkit.cli.context import CliContext, pass_ctx
-from toolkit.cli.render import console, emit_json, table
+from toolkit.cli.render import Col, console, emit_json, fit
 from toolkit.errors import ConfigError, InngestDrift
 
 if TYPE_CHECKING:
@@ -110,9 +110,15 @@ def _render(
 ) -> None:
     out = console()
     out.print(
-        table(
+        fit(
             f"Inngest functions of app {app_id} ({len(registered)})",
-            ["function", "trigger", "retries", "finish timeout", "flow control"],
+            [
+                Col("function"),
+                Col("trigger", fold=True, width=20),
+                Col("retries", justify="right"),
+                Col("timeout", justify="right", drop=1),
+                Col("flow control", fold=True, width=20, drop=2),
+            ],
             [
                 (
                     fn_id,
@@ -133,9 +139,16 @@ def _render(
         out.print(f"[green]snapshot written[/] to {snapshot_path}")
     if diffs:
         out.print(
-            table(
+            fit(
                 "Drift",
-                ["function", "field", "kind", "declared", "registered", "snapshot"],
+                [
+                    Col("function"),
+                    Col("field", fold=True, width=16),
+                    Col("kind"),
+                    Col("declared", fold=True, width=12),
+                    Col("registered", fold=True, width=12),
+                    Col("snapshot", fold=True, width=12, drop=1),
+                ],
                 [
                     (
                         d.function,
